@@ -1,0 +1,48 @@
+"""Config helpers in big_vision style: `--config file.py:key=value,flag` arguments."""
+from __future__ import annotations
+
+import ast
+
+import ml_collections
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses `"a=1,b=x,flag"` into a ConfigDict over `defaults`.
+
+    A bare `flag` sets a bool default to True. Unknown keys raise an error naming the key and the
+    allowed ones; values are cast to the type of their default.
+    """
+    out = dict(defaults)
+    for part in filter(None, (arg or "").split(",")):
+        key, eq, raw = part.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise KeyError(f"unknown config argument {key!r}; allowed: {sorted(defaults)}")
+        if not eq:
+            if not isinstance(defaults[key], bool):
+                raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+            out[key] = True
+            continue
+        value = _parse_value(raw.strip())
+        default = defaults[key]
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"config argument {key!r} expects a bool, got {raw!r}")
+                value = value.lower() in ("true", "1")
+            value = bool(value)
+        elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+            raise ValueError(f"config argument {key!r} expects a number, got {raw!r}")
+        elif isinstance(default, float):
+            value = float(value)
+        elif isinstance(default, str):
+            value = str(raw.strip())
+        out[key] = value
+    return ml_collections.ConfigDict(out)
