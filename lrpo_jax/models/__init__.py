@@ -1,0 +1,1 @@
+"""Flax NNX model definitions (decoders, encoders) and weight import/export."""
