@@ -1,0 +1,102 @@
+"""Checkpoints: the whole TrainState pytree plus JSON side data, atomic, keep-N, auto-resume.
+
+Orbax writes each step into a temporary directory and renames it only once complete, so a crash
+or SIGKILL mid-save leaves the previous checkpoint as the latest. The JSON side data holds what is
+not an array: the data iterator position, the resolved config, and host-side metric history.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` with the conventions of our trainer."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, every: int = 0,
+                 async_save: bool = True):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.every = every
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                               enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0
+
+    def save(self, step: int, state: Any, extra: dict | None = None) -> None:
+        """Saves `state` (a pytree of arrays) and `extra` (JSON-serialisable) as `step`."""
+        if step in self._manager.all_steps():
+            return  # already saved (e.g. a periodic save followed by the final save)
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  extra=ocp.args.JsonSave(extra or {}))
+        self._manager.save(step, args=args, force=True)
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restores onto `abstract_state` (ShapeDtypeStructs carrying the target shardings)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                  extra=ocp.args.JsonRestore())
+        out = self._manager.restore(step, args=args)
+        return out["state"], dict(out["extra"] or {})
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a concrete pytree: restore targets for orbax."""
+    def one(x):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+    return jax.tree.map(one, tree)
+
+
+class StopRequest:
+    """Turns SIGTERM / SIGINT into a flag the training loop polls between steps.
+
+    Cluster schedulers send SIGTERM before preemption; the loop then saves a final checkpoint and
+    exits cleanly instead of dying mid-step. A second signal falls through to the default handler.
+    """
+
+    def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        self._event = threading.Event()
+        self._previous = {}
+        self._signals = signals
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in self._signals:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        logging.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
+        self._event.set()
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
