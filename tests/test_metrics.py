@@ -1,0 +1,51 @@
+"""Metric writer: event files readable by TensorBoard, JSONL mirror, timers, compile counter."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+
+from lrpo_jax import metrics
+
+
+def test_event_file_and_jsonl(tmp_path):
+    w = metrics.MetricWriter(tmp_path)
+    w.scalars(1, {"reward/mean": 0.5, "reward/lang/de": np.float32(0.25), "skip": "text"})
+    w.scalars(2, {"reward/mean": 0.75})
+    img = metrics.heatmap(np.eye(3), ["a", "b", "c"], ["x", "y", "z"], "probs")
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    w.image(2, "router/topic", img)
+    w.text(2, "rollouts", "**de** Hallo Welt")
+    w.close()
+    acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("reward/mean")] == [(1, 0.5), (2, 0.75)]
+    assert acc.Scalars("reward/lang/de")[0].value == 0.25
+    assert acc.Images("router/topic")[0].width == img.shape[1]
+    assert acc.Tensors("rollouts")[0].tensor_proto.string_val[0].decode() == "**de** Hallo Welt"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [{"step": 1, "reward/mean": 0.5, "reward/lang/de": 0.25}, {"step": 2, "reward/mean": 0.75}]
+
+
+def test_disabled_writer_writes_nothing(tmp_path):
+    w = metrics.MetricWriter(tmp_path / "off", enabled=False)
+    w.scalars(1, {"a": 1.0})
+    w.close()
+    assert not (tmp_path / "off").exists()
+
+
+def test_phase_timer_and_compile_counter():
+    t = metrics.PhaseTimer()
+    with t("sample"):
+        pass
+    with t("sample"):
+        pass
+    out = t.pop()
+    assert set(out) == {"time/sample"} and out["time/sample"] >= 0 and t.pop() == {}
+    counter = metrics.CompileCounter()
+    f = jax.jit(lambda x: x * 3 + 1)
+    f(jnp.ones(3)); f(jnp.ones(3))
+    assert counter.count == 1
+    f(jnp.ones(4))
+    assert counter.count == 2
