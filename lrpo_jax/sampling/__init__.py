@@ -1,0 +1,1 @@
+"""Rollout engine: logit processing, shape buckets and the KV-cache sampler."""

@@ -1,0 +1,73 @@
+"""Logit processing for sampling, in transformers' order: temperature -> top-k -> top-p.
+
+All knobs are per-row arrays (traced), so changing them never recompiles. The sort needed by
+top-k/top-p is skipped at run time (`lax.cond`) when no row uses them, which is the RL default
+(T=1, top-k off, top-p 1): a full-vocabulary sort per decode step would cost more than the step.
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+@flax.struct.dataclass
+class SamplingParams:
+    """Per-row sampling settings. temperature 0 = greedy; top_k 0 = off; top_p 1 = off."""
+
+    temperature: jax.Array  # f32 [B]
+    top_k: jax.Array        # i32 [B]
+    top_p: jax.Array        # f32 [B]
+
+    @classmethod
+    def make(cls, batch: int, temperature=1.0, top_k=0, top_p=1.0) -> "SamplingParams":
+        def full(v, dtype):
+            return jnp.broadcast_to(jnp.asarray(v, dtype), (batch,))
+        return cls(full(temperature, jnp.float32), full(top_k, jnp.int32), full(top_p, jnp.float32))
+
+    def pad_to(self, batch: int) -> "SamplingParams":
+        n = batch - self.temperature.shape[0]
+        return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], n)]) if n else x, self)
+
+
+def _filter_sorted(scores: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Top-k then top-p on [B, V] temperature-scaled scores (one descending sort per row)."""
+    vocab = scores.shape[-1]
+    desc = -jnp.sort(-scores, axis=-1)
+    # top-k: drop scores below the k-th largest (ties at the k-th value are kept, as HF does).
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take_along_axis(desc, (k - 1)[:, None], axis=-1)
+    scores = jnp.where(scores < kth, NEG_INF, scores)
+    desc = jnp.where(jnp.arange(vocab)[None, :] < k[:, None], desc, NEG_INF)
+    # top-p on the survivors: HF removes a token when the (ascending) cumulative probability up to
+    # and including it is <= 1 - p, i.e. when the mass of strictly larger tokens is >= p; the
+    # largest token always survives. In descending order that is an exclusive cumsum < p.
+    probs = jax.nn.softmax(desc, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = (mass_before < top_p[:, None]) | (jnp.arange(vocab)[None, :] == 0)
+    # The smallest kept score is the cut-off (ties with it are kept).
+    cutoff = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(scores < cutoff, NEG_INF, scores)
+
+
+def process_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
+    """fp32 scores of the sampling distribution for logits [B, V]; greedy rows are left unscaled."""
+    logits = logits.astype(jnp.float32)
+    temp = jnp.where(params.temperature > 0, params.temperature, 1.0)
+    scores = logits / temp[:, None]
+    needs_filter = jnp.any(params.top_k > 0) | jnp.any(params.top_p < 1.0)
+    return jax.lax.cond(needs_filter, _filter_sorted, lambda s, *_: s, scores, params.top_k, params.top_p)
+
+
+def sample_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams):
+    """Draws one token per row. Returns (tokens [B], logp under the sampling distribution [B],
+    logp under the raw temperature-1 distribution [B]); greedy rows get sampling logp 0."""
+    scores = process_logits(logits, params)
+    greedy = params.temperature <= 0
+    drawn = jax.random.categorical(key, scores, axis=-1)
+    tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
+    logp_sampling = jnp.take_along_axis(jax.nn.log_softmax(scores, -1), tokens[:, None], -1)[:, 0]
+    logp_raw = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), -1), tokens[:, None], -1)[:, 0]
+    return tokens, jnp.where(greedy, 0.0, logp_sampling), logp_raw

@@ -1,0 +1,71 @@
+"""Logit processing vs transformers' warpers (temperature -> top-k -> top-p) and sampling stats."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lrpo_jax.sampling.processing import SamplingParams, process_logits, sample_tokens
+
+torch = pytest.importorskip("torch")
+from transformers.generation.logits_process import (  # noqa: E402
+    TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+
+def _hf(logits, t, k, p):
+    x = torch.tensor(logits)
+    ids = torch.zeros((x.shape[0], 1), dtype=torch.long)
+    if t != 1.0:
+        x = TemperatureLogitsWarper(t)(ids, x)
+    if k:
+        x = TopKLogitsWarper(k)(ids, x)
+    if p < 1.0:
+        x = TopPLogitsWarper(p)(ids, x)
+    return x.numpy()
+
+
+@pytest.mark.parametrize("t,k,p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 5, 1.0), (1.0, 0, 0.8),
+                                   (0.6, 10, 0.9), (1.3, 3, 0.5), (1.0, 0, 0.05)])
+def test_matches_transformers_warpers(t, k, p):
+    rng = np.random.default_rng(0)
+    logits = (rng.normal(size=(4, 50)) * 3).astype(np.float32)
+    ours = np.asarray(process_logits(jnp.asarray(logits), SamplingParams.make(4, t, k, p)))
+    want = _hf(logits, t, k, p)
+    np.testing.assert_array_equal(np.isinf(ours), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(ours[finite], want[finite], rtol=1e-6)
+
+
+def test_per_row_settings_in_one_call():
+    rng = np.random.default_rng(1)
+    logits = (rng.normal(size=(3, 40)) * 2).astype(np.float32)
+    sp = SamplingParams(jnp.array([1.0, 0.5, 2.0]), jnp.array([0, 4, 0], jnp.int32), jnp.array([1.0, 1.0, 0.7]))
+    ours = np.asarray(process_logits(jnp.asarray(logits), sp))
+    for r, (t, k, p) in enumerate([(1.0, 0, 1.0), (0.5, 4, 1.0), (2.0, 0, 0.7)]):
+        want = _hf(logits[r:r + 1], t, k, p)[0]
+        np.testing.assert_array_equal(np.isinf(ours[r]), np.isinf(want))
+        np.testing.assert_allclose(ours[r][np.isfinite(want)], want[np.isfinite(want)], rtol=1e-6)
+
+
+def test_greedy_and_logps():
+    logits = jnp.array([[0.0, 2.0, 1.0], [3.0, 0.0, -1.0]])
+    sp = SamplingParams(jnp.array([0.0, 0.0]), jnp.zeros(2, jnp.int32), jnp.ones(2))
+    tok, lp, lp_raw = sample_tokens(jax.random.key(0), logits, sp)
+    assert tok.tolist() == [1, 0] and lp.tolist() == [0.0, 0.0]
+    np.testing.assert_allclose(lp_raw, jax.nn.log_softmax(logits)[jnp.arange(2), tok], rtol=1e-6)
+
+
+def test_empirical_distribution_matches_processed_probs():
+    """Chi-square goodness of fit of 40k draws against softmax(processed scores)."""
+    rng = np.random.default_rng(2)
+    logits = jnp.asarray(rng.normal(size=(1, 12)).astype(np.float32) * 1.5)
+    sp = SamplingParams.make(1, 0.8, 8, 0.95)
+    probs = np.asarray(jax.nn.softmax(process_logits(logits, sp)))[0]
+    n = 40000
+    keys = jax.random.split(jax.random.key(3), n)
+    toks = jax.vmap(lambda k: sample_tokens(k, logits, sp)[0][0])(keys)
+    counts = np.bincount(np.asarray(toks), minlength=12)
+    assert counts[probs == 0].sum() == 0  # filtered tokens never drawn
+    support = probs > 0
+    chi2 = (((counts[support] - n * probs[support]) ** 2) / (n * probs[support])).sum()
+    # dof = support - 1 <= 7; the 0.999 quantile of chi2(7) is 24.3.
+    assert chi2 < 24.3, (chi2, counts, probs)
