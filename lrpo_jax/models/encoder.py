@@ -159,7 +159,7 @@ _INIT = jax.nn.initializers.normal(0.02)
 
 def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], names: tuple, dtype, init=_INIT) -> nnx.Param:
     value = init(rngs.params(), shape, dtype) if rngs is not None else init(shape, dtype)
-    return nnx.Param(value, sharding_names=names, eager_sharding=False)
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)  # = sharding_names (deprecated alias)
 
 
 class Dense(nnx.Module):
@@ -173,8 +173,8 @@ class Dense(nnx.Module):
         self.bias = _param(None, out_shape, names[self.n_in:], pdtype, jnp.zeros) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = jnp.tensordot(x.astype(self.dtype), self.kernel.value.astype(self.dtype), axes=self.n_in)
-        return y if self.bias is None else y + self.bias.value.astype(self.dtype)
+        y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.n_in)
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -190,9 +190,9 @@ class LayerNorm(nnx.Module):
         h = x.astype(jnp.float32)
         mean = h.mean(-1, keepdims=True)
         var = jnp.square(h - mean).mean(-1, keepdims=True)
-        y = (h - mean) * jax.lax.rsqrt(var + self.eps) * self.scale.value.astype(jnp.float32)
+        y = (h - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...].astype(jnp.float32)
         if self.bias is not None:
-            y = y + self.bias.value.astype(jnp.float32)
+            y = y + self.bias[...].astype(jnp.float32)
         return y.astype(x.dtype)
 
 
@@ -205,7 +205,7 @@ class Embed(nnx.Module):
 
     def __call__(self, ids: jax.Array) -> jax.Array:
         # mode="fill": an out-of-range id yields NaN rows (visible) instead of a silently clipped lookup.
-        return jnp.take(self.embedding.value, ids, axis=0, mode="fill").astype(self.dtype)
+        return jnp.take(self.embedding[...], ids, axis=0, mode="fill").astype(self.dtype)
 
 
 class SelfAttention(nnx.Module):

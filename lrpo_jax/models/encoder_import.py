@@ -114,7 +114,7 @@ def _strip_prefix(name: str, family: str) -> str:
 def state_from_hf(cfg: EncoderConfig, tensors: Mapping[str, np.ndarray]) -> nnx.State:
     """Maps HF tensors (by name) onto the parameter state of `Encoder(cfg)`, cast to cfg.param_dtype."""
     _, state = nnx.split(nnx.eval_shape(lambda: Encoder(cfg, rngs=nnx.Rngs(0))))
-    shapes = {".".join(map(str, path)): var.value.shape for path, var in nnx.to_flat_state(state)}
+    shapes = {".".join(map(str, path)): var.get_value().shape for path, var in nnx.to_flat_state(state)}
     values: dict[str, np.ndarray] = {}
     slots_filled: dict[str, set] = {}
     rules = [(re.compile(p), target, kind, slot) for p, target, kind, slot in RULES[cfg.family]]
@@ -163,7 +163,7 @@ def state_from_hf(cfg: EncoderConfig, tensors: Mapping[str, np.ndarray]) -> nnx.
         raise EncoderImportError(f"checkpoint lacks parameters {missing}" +
                                  (f" and some q/k/v slots of {partial}" if partial else ""))
     dtype = jnp.dtype(cfg.param_dtype)
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
     for path, value in values.items():
         *parents, leaf = path.split(".")
         node = pure
