@@ -1,0 +1,1 @@
+"""Rewards: similarity, calibration, language-ID gate, verifiable answers, and their combination."""
