@@ -1,0 +1,176 @@
+"""Decoder family parity with transformers' PyTorch models (fp32), KV cache, bf16, remat, import/export."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lrpo_jax.models import decoder as D
+from lrpo_jax.models import hf_import
+
+torch = pytest.importorskip("torch")
+import transformers  # noqa: E402
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
+CONFIGS = {
+    "qwen2": lambda: transformers.Qwen2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+        vocab_size=160, tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+    "llama": lambda: transformers.LlamaConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+        vocab_size=160, max_position_embeddings=16384, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True),
+    # 7 layers: local x5, global, local; window 4 < sequence length so the window matters.
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        hidden_size=64, num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        intermediate_size=96, vocab_size=160, sliding_window=4, query_pre_attn_scalar=16),
+}
+HF_CLASSES = {"qwen2": transformers.Qwen2ForCausalLM, "llama": transformers.LlamaForCausalLM,
+              "gemma3": transformers.Gemma3ForCausalLM}
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def pair(request, tmp_path_factory):
+    """(family, HF model, folder written by save_pretrained, our cfg, graphdef, params)."""
+    torch.manual_seed(0)
+    hf_cfg = CONFIGS[request.param]()
+    hf_cfg._attn_implementation = "eager"
+    model = HF_CLASSES[request.param](hf_cfg).eval()
+    with torch.no_grad():  # non-trivial norm weights, so (1 + w) vs w mistakes show
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    folder = tmp_path_factory.mktemp(request.param)
+    model.save_pretrained(folder)
+    cfg, params = hf_import.load_decoder(folder)
+    graphdef, _ = hf_import.abstract_decoder(cfg)
+    return request.param, model, folder, cfg, graphdef, params
+
+
+def _batch(vocab, b=3, t=12, seed=0):
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(1, vocab, (b, t))
+    mask = np.ones((b, t), np.int64)
+    mask[1, :4] = 0  # left padding
+    mask[2, :7] = 0
+    return tokens, mask, np.maximum(np.cumsum(mask, 1) - 1, 0)
+
+
+def _hf_logits(model, tokens, mask, pos):
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+                     position_ids=torch.tensor(pos)).logits.numpy()
+
+
+def test_logits_match_transformers_on_left_padded_batch(pair):
+    family, model, _, cfg, graphdef, params = pair
+    tokens, mask, pos = _batch(cfg.vocab_size)
+    ours, cache = nnx.merge(graphdef, params)(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(mask))
+    assert cache is None and ours.dtype == jnp.float32
+    err = np.abs(np.asarray(ours) - _hf_logits(model, tokens, mask, pos))[mask.astype(bool)].max()
+    assert err <= 1e-4, (family, err)
+
+
+def test_right_padding_matches_too(pair):
+    family, model, _, cfg, graphdef, params = pair
+    tokens, mask, _ = _batch(cfg.vocab_size, seed=1)
+    mask = mask[:, ::-1].copy()  # pads on the right
+    pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    ours, _ = nnx.merge(graphdef, params)(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(mask))
+    err = np.abs(np.asarray(ours) - _hf_logits(model, tokens, mask, pos))[mask.astype(bool)].max()
+    assert err <= 1e-4, (family, err)
+
+
+def test_kv_cache_prefill_and_decode_equal_full_forward(pair):
+    family, _, _, cfg, graphdef, params = pair
+    tokens, mask, pos = _batch(cfg.vocab_size, seed=2)
+    b, t = tokens.shape
+    model = nnx.merge(graphdef, params)
+    full, _ = model(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(mask))
+    slots = t + 3
+    valid = np.zeros((b, slots), np.int64)
+    valid[:, :8] = mask[:, :8]
+    cache = D.init_cache(cfg, b, slots)
+    out, cache = model(jnp.asarray(tokens[:, :8]), jnp.asarray(pos[:, :8]), jnp.asarray(valid), cache=cache,
+                       cache_index=jnp.int32(0))
+    np.testing.assert_allclose(np.asarray(out)[mask[:, :8] > 0], np.asarray(full)[:, :8][mask[:, :8] > 0], atol=1e-5)
+    step = jax.jit(lambda p, tok, ps, v, c, i: nnx.merge(graphdef, p)(tok, ps, v, cache=c, cache_index=i))
+    for i in range(8, t):
+        valid[:, i] = 1
+        out, cache = step(params, jnp.asarray(tokens[:, i:i + 1]), jnp.asarray(pos[:, i:i + 1]),
+                          jnp.asarray(valid), cache, jnp.int32(i))
+        np.testing.assert_allclose(np.asarray(out)[:, 0], np.asarray(full)[:, i], atol=1e-5, err_msg=f"{family} {i}")
+
+
+def test_bf16_compute_and_remat(pair):
+    family, _, folder, cfg, _, params = pair
+    tokens, mask, pos = _batch(cfg.vocab_size, seed=3)
+    args = (jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(mask))
+
+    def loss(cfg_, p):
+        g, _ = hf_import.abstract_decoder(cfg_)
+        logits, _ = nnx.merge(g, p)(*args)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 1] * mask)
+
+    base, g0 = jax.value_and_grad(lambda p: loss(cfg, p))(params)
+    rcfg = D.DecoderConfig.from_hf(folder, remat=True)
+    remat, g1 = jax.value_and_grad(lambda p: loss(rcfg, p))(params)
+    np.testing.assert_allclose(remat, base, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    bcfg = D.DecoderConfig.from_hf(folder, dtype="bfloat16")
+    g, _ = hf_import.abstract_decoder(bcfg)
+    low, _ = nnx.merge(g, params)(*args)
+    full, _ = nnx.merge(hf_import.abstract_decoder(cfg)[0], params)(*args)
+    assert low.dtype == jnp.float32  # logits always fp32
+    rel = np.abs(np.asarray(low) - np.asarray(full)).max() / np.abs(np.asarray(full)).max()
+    assert rel < 0.05, (family, rel)
+
+
+def test_export_round_trip_loads_in_transformers(pair, tmp_path):
+    family, model, _, cfg, graphdef, params = pair
+    hf_import.save_decoder(tmp_path, cfg, params)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    tokens, mask, pos = _batch(cfg.vocab_size, seed=4)
+    np.testing.assert_allclose(_hf_logits(reloaded, tokens, mask, pos), _hf_logits(model, tokens, mask, pos),
+                               atol=1e-5)
+    cfg2, params2 = hf_import.load_decoder(tmp_path)
+    assert cfg2 == cfg
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gemma3_multimodal_config_loads_text_model():
+    text = CONFIGS["gemma3"]().to_dict()
+    nested = {"model_type": "gemma3", "architectures": ["Gemma3ForConditionalGeneration"], "text_config": text,
+              "vision_config": {"hidden_size": 8}}
+    cfg = D.DecoderConfig.from_hf(nested)
+    assert cfg.family == "gemma3" and cfg.layer_types == ("local",) * 5 + ("global", "local")
+    assert cfg.local_rope_theta == 10000.0 and cfg.rope_theta == 1e6 and cfg.sliding_window == 4
+    old_style = {k: v for k, v in text.items() if k not in ("rope_parameters", "layer_types")}
+    old_style.update(rope_theta=1e6, rope_local_base_freq=10000.0, sliding_window_pattern=6,
+                     rope_scaling={"rope_type": "linear", "factor": 8.0})
+    cfg_old = D.DecoderConfig.from_hf(old_style)
+    assert cfg_old.layer_types == cfg.layer_types and dict(cfg_old.rope_scaling)["factor"] == 8.0
+
+
+def test_import_errors_name_every_bad_tensor(tmp_path):
+    from safetensors.numpy import save_file
+    cfg = D.DecoderConfig.from_hf(CONFIGS["llama"]().to_dict())
+    hf_import.save_decoder(tmp_path, cfg, nnx.split(D.Decoder(cfg, rngs=nnx.Rngs(0)))[1])
+    from safetensors.numpy import load_file
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    tensors["model.layers.0.self_attn.q_proj.weight"] = tensors["model.layers.0.self_attn.q_proj.weight"][:-4]
+    tensors["model.extra.weight"] = np.zeros(3, np.float32)
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(hf_import.WeightImportError) as err:
+        hf_import.load_decoder(tmp_path)
+    msg = str(err.value)
+    assert "missing: layers/1/mlp/up" in msg and "unexpected: model.extra.weight" in msg
+    assert "mis-shaped: model.layers.0.self_attn.q_proj.weight" in msg
+    with pytest.raises(ValueError, match="unsupported model_type 'bert'"):
+        D.DecoderConfig.from_hf({"model_type": "bert"})
+    json.dumps(hf_import.hf_config_dict(cfg))  # serialisable
