@@ -1,0 +1,228 @@
+"""Per-language-pair calibration of similarity rewards (lrpo_reference.md §2.2-§2.3).
+
+Raw cross-lingual cosines are not comparable across language pairs (same-language pairs score
+higher), so a raw-similarity reward would teach the router "answer in the question's language"
+whatever the quality. A `CalibrationTable` holds, for every ORDERED (reference language, response
+language) pair, statistics of equivalent-pair similarity measured offline:
+
+* mean calibration:     cal = clip(s - lam * (mu_pair - mu_ref), -1, 1);  r = clip((cal + 1) / 2, 0, 1)
+* quantile calibration: r = piecewise-linear empirical CDF of the pooled (equivalent, mismatched,
+  hard-negative) similarities at s, optionally after s <- min(1, s / (ub + 1e-6)).
+
+Lookups are vectorised and jittable. A pair missing from the table is an error at start-up
+(`check_covers`) unless a fallback is configured, and at run time every use of the fallback is
+reported through the returned `missing` mask: never silent.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import pathlib
+from typing import Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ("equivalent", "mismatched", "hard_negative")
+FALLBACKS = ("error", "raw", "mu_ref")
+
+
+@flax.struct.dataclass
+class CalibrationTable:
+    mean: jax.Array        # f32 [L, L] mean equivalent-pair similarity (reference lang, response lang)
+    quantiles: jax.Array   # f32 [L, L, Q] similarity values at `levels` (non-decreasing)
+    levels: jax.Array      # f32 [Q] quantile levels in [0, 1]
+    ub: jax.Array          # f32 [L, L] upper-bound anchor
+    counts: jax.Array      # f32 [L, L] equivalent pairs behind `mean`
+    present: jax.Array     # bool [L, L]
+    mu_ref: jax.Array      # f32 scalar: count-weighted mean of the equivalent means
+    languages: tuple[str, ...] = flax.struct.field(pytree_node=False, default=())
+    provenance: str = flax.struct.field(pytree_node=False, default="{}")  # JSON
+
+    def index(self, code: str, where: str = "") -> int:
+        try:
+            return self.languages.index(code)
+        except ValueError:
+            raise KeyError(f"language {code!r} is not in the calibration table{' (' + where + ')' if where else ''}; "
+                           f"table languages: {list(self.languages)}") from None
+
+    def check_covers(self, languages: Sequence[str], fallback: str = "error") -> list[tuple[str, str]]:
+        """Validates that every ordered pair of `languages` has statistics.
+
+        Returns the missing pairs when a fallback is configured; raises (naming them) otherwise.
+        """
+        if fallback not in FALLBACKS:
+            raise ValueError(f"reward.missing_pair={fallback!r}; expected one of {FALLBACKS}")
+        present = np.asarray(self.present)
+        missing = []
+        for a in languages:
+            for b in languages:
+                if a not in self.languages or b not in self.languages or not present[self.index(a), self.index(b)]:
+                    missing.append((a, b))
+        if missing and fallback == "error":
+            shown = ", ".join(f"{a}->{b}" for a, b in missing[:12])
+            raise ValueError(f"calibration table lacks {len(missing)} language pair(s): {shown}"
+                             f"{' ...' if len(missing) > 12 else ''}; rebuild it (python -m lrpo_jax.calibrate) or set "
+                             f"reward.missing_pair to 'raw' or 'mu_ref'")
+        return missing
+
+    def lang_ids(self, codes: Sequence[str], where: str = "") -> np.ndarray:
+        return np.array([self.index(c, where) for c in codes], np.int32)
+
+
+def mean_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, lam: float = 1.0, clip: bool = True,
+                   fallback: str = "raw"):
+    """Mean-shift calibration -> (reward in [0, 1], missing mask). Language args are table indices."""
+    present = table.present[ref_lang, resp_lang]
+    shift = lam * (table.mean[ref_lang, resp_lang] - table.mu_ref)
+    shift = jnp.where(present, shift, 0.0)  # 'raw' and 'mu_ref' both mean "no shift" for a missing pair
+    cal = sim - shift
+    if clip:
+        cal = jnp.clip(cal, -1.0, 1.0)
+    return jnp.clip((cal + 1.0) / 2.0, 0.0, 1.0), ~present
+
+
+def quantile_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, use_ub_norm: bool = True):
+    """Quantile (empirical CDF) calibration -> (reward in [0, 1], missing mask).
+
+    Matches the reference's per-sample bisect code: u = 0 below the first grid value, 1 from the
+    last, linear inside the segment found by bisect_left, q_i on a zero-width segment. A missing pair
+    falls back to clip(raw, 0, 1), as the reference did, and is flagged.
+    """
+    present = table.present[ref_lang, resp_lang]
+    s = sim.astype(jnp.float32)
+    if use_ub_norm:
+        s = jnp.minimum(1.0, s / (table.ub[ref_lang, resp_lang] + 1e-6))
+    grid = table.quantiles[ref_lang, resp_lang]             # [N, Q]
+    q = table.levels
+    n_q = grid.shape[-1]
+    i = jax.vmap(lambda g, v: jnp.searchsorted(g, v, side="left"))(grid, s)  # bisect_left
+    i_c = jnp.clip(i, 1, n_q - 1)
+    x0 = jnp.take_along_axis(grid, (i_c - 1)[:, None], -1)[:, 0]
+    x1 = jnp.take_along_axis(grid, i_c[:, None], -1)[:, 0]
+    q0, q1 = q[i_c - 1], q[i_c]
+    width = x1 - x0
+    inside = jnp.where(width > 0, q0 + (s - x0) / jnp.where(width > 0, width, 1.0) * (q1 - q0), q1)
+    u = jnp.where(s <= grid[:, 0], 0.0, jnp.where(s >= grid[:, -1], 1.0, inside))
+    u = jnp.where(present, u, sim)
+    return jnp.clip(u, 0.0, 1.0), ~present
+
+
+def calibrate(table: CalibrationTable | None, sim, ref_lang, resp_lang, method: str):
+    """Dispatch on reward.calibration: 'raw' | 'mean' | 'quantile'. 'raw' maps (s + 1) / 2."""
+    if method == "raw" or table is None:
+        if method != "raw":
+            raise ValueError(f"reward.calibration={method!r} needs a calibration table")
+        return jnp.clip((sim + 1.0) / 2.0, 0.0, 1.0), jnp.zeros(sim.shape, bool)
+    if method == "mean":
+        return mean_calibrate(table, sim, ref_lang, resp_lang)
+    if method == "quantile":
+        return quantile_calibrate(table, sim, ref_lang, resp_lang)
+    raise ValueError(f"reward.calibration={method!r}; expected 'raw', 'mean' or 'quantile'")
+
+
+# ------------------------------------------------------------------------------------------------
+# Building, saving, loading.
+# ------------------------------------------------------------------------------------------------
+def build(languages: Sequence[str], ref_lang: np.ndarray, resp_lang: np.ndarray, kind: np.ndarray,
+          sim: np.ndarray, *, num_levels: int = 101, ub_quantile: float = 0.99,
+          provenance: dict | None = None) -> CalibrationTable:
+    """Builds a table from labelled similarity samples.
+
+    ref_lang, resp_lang: int [N] indices into `languages`; kind: int [N] index into KINDS.
+    mean/counts from equivalent pairs; the quantile grid from all kinds pooled (the reference's
+    "mix" distribution); ub = the `ub_quantile` quantile of equivalent sims (so a typical good
+    answer maps close to 1 after ub normalisation).
+    """
+    n_l = len(languages)
+    levels = np.linspace(0.0, 1.0, num_levels, dtype=np.float64)
+    mean = np.zeros((n_l, n_l), np.float32)
+    counts = np.zeros((n_l, n_l), np.float32)
+    quant = np.zeros((n_l, n_l, num_levels), np.float32)
+    ub = np.ones((n_l, n_l), np.float32)
+    present = np.zeros((n_l, n_l), bool)
+    for a in range(n_l):
+        for b in range(n_l):
+            pair = (ref_lang == a) & (resp_lang == b)
+            eq = sim[pair & (kind == 0)]
+            if len(eq) == 0:
+                continue
+            present[a, b] = True
+            counts[a, b] = len(eq)
+            mean[a, b] = eq.mean()
+            ub[a, b] = np.quantile(eq, ub_quantile)
+            pooled = sim[pair]
+            normed = np.minimum(1.0, pooled / (ub[a, b] + 1e-6))
+            quant[a, b] = np.quantile(normed, levels)
+    mu_ref = float((mean * counts).sum() / max(counts.sum(), 1.0))
+    prov = {"built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "num_levels": num_levels, "ub_quantile": ub_quantile, "samples": int(len(sim)),
+            **(provenance or {})}
+    return CalibrationTable(mean=jnp.asarray(mean), quantiles=jnp.asarray(quant),
+                            levels=jnp.asarray(levels.astype(np.float32)), ub=jnp.asarray(ub),
+                            counts=jnp.asarray(counts), present=jnp.asarray(present),
+                            mu_ref=jnp.float32(mu_ref), languages=tuple(languages), provenance=json.dumps(prov))
+
+
+def save(table: CalibrationTable, path: str | pathlib.Path) -> pathlib.Path:
+    """Writes `<path>.npz` (arrays) and `<path>.json` (languages, provenance)."""
+    path = pathlib.Path(path).with_suffix("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {k: np.asarray(getattr(table, k)) for k in ("mean", "quantiles", "levels", "ub", "counts", "present",
+                                                       "mu_ref")}
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path.with_suffix(".npz"))
+    path.with_suffix(".json").write_text(json.dumps({"languages": list(table.languages),
+                                                     "provenance": json.loads(table.provenance)}, indent=2))
+    return path.with_suffix(".npz")
+
+
+def load(path: str | pathlib.Path) -> CalibrationTable:
+    """Reads a saved table and validates shapes, languages, finiteness and monotone quantiles."""
+    path = pathlib.Path(path).with_suffix("")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    langs = tuple(meta["languages"])
+    with np.load(path.with_suffix(".npz")) as f:
+        arrays = {k: f[k] for k in f.files}
+    n_l = len(langs)
+    problems = []
+    for key, shape in (("mean", (n_l, n_l)), ("ub", (n_l, n_l)), ("counts", (n_l, n_l)), ("present", (n_l, n_l))):
+        if arrays[key].shape != shape:
+            problems.append(f"{key} has shape {arrays[key].shape}, expected {shape}")
+    q = arrays["quantiles"]
+    if q.shape[:2] != (n_l, n_l) or q.shape[2] != arrays["levels"].shape[0]:
+        problems.append(f"quantiles has shape {q.shape}, expected ({n_l}, {n_l}, {arrays['levels'].shape[0]})")
+    if not problems:
+        for a, b in zip(*np.nonzero(arrays["present"])):
+            pair = f"{langs[a]}->{langs[b]}"
+            if not np.isfinite(q[a, b]).all() or not np.isfinite(arrays["mean"][a, b]):
+                problems.append(f"pair {pair}: non-finite values")
+            elif np.any(np.diff(q[a, b]) < 0):
+                problems.append(f"pair {pair}: quantile grid is not non-decreasing")
+        if np.any(np.diff(arrays["levels"]) < 0):
+            problems.append("levels are not non-decreasing")
+    if problems:
+        raise ValueError(f"invalid calibration table {path}: " + "; ".join(problems[:10]))
+    return CalibrationTable(mean=jnp.asarray(arrays["mean"]), quantiles=jnp.asarray(q),
+                            levels=jnp.asarray(arrays["levels"]), ub=jnp.asarray(arrays["ub"]),
+                            counts=jnp.asarray(arrays["counts"]), present=jnp.asarray(arrays["present"]),
+                            mu_ref=jnp.float32(arrays["mu_ref"]), languages=langs,
+                            provenance=json.dumps(meta.get("provenance", {})))
+
+
+def online_update(table: CalibrationTable, sim, ref_lang, resp_lang, weight, rate: float) -> CalibrationTable:
+    """"Offline estimation + online calibration": moves each pair's mean towards the mean of this
+    batch's (weighted, e.g. gate-passing) on-policy similarities with rate `rate`; pairs without
+    samples in the batch are unchanged. mu_ref is kept fixed, so calibration stays anchored."""
+    n_l = table.mean.shape[0]
+    flat = ref_lang * n_l + resp_lang
+    w = weight.astype(jnp.float32)
+    tot = jnp.zeros(n_l * n_l).at[flat].add(w).reshape(n_l, n_l)
+    acc = jnp.zeros(n_l * n_l).at[flat].add(w * sim).reshape(n_l, n_l)
+    batch_mean = acc / jnp.maximum(tot, 1e-12)
+    seen = (tot > 0) & table.present
+    return table.replace(mean=jnp.where(seen, (1 - rate) * table.mean + rate * batch_mean, table.mean))

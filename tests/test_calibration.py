@@ -1,0 +1,130 @@
+"""Calibration lookups vs the reference's per-sample Python code; builder, save/load validation."""
+import bisect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lrpo_jax.rewards import calibration as cal
+
+LANGS = ("de", "en", "ja")
+
+
+def reference_mean(sim, mu_pair, mu_ref):
+    """calibrated_rs.py semantics (lam = 1, clip on)."""
+    c = min(1.0, max(-1.0, sim - (mu_pair - mu_ref)))
+    return min(1.0, max(0.0, (c + 1) / 2))
+
+
+def reference_quantile(s, xs, qs, ub, use_ub_norm):
+    """calibrated_bert_hard_fuse_quan.py semantics (bisect_left over the grid)."""
+    if use_ub_norm:
+        s = min(1.0, s / (ub + 1e-6))
+    if s <= xs[0]:
+        u = 0.0
+    elif s >= xs[-1]:
+        u = 1.0
+    else:
+        i = bisect.bisect_left(xs, s)
+        x0, x1, q0, q1 = xs[i - 1], xs[i], qs[i - 1], qs[i]
+        u = q1 if x1 == x0 else q0 + (s - x0) / (x1 - x0) * (q1 - q0)
+    return min(1.0, max(0.0, u))
+
+
+def _table(seed=0, ties=True):
+    rng = np.random.default_rng(seed)
+    n = len(LANGS)
+    ref, resp, kind, sim = [], [], [], []
+    for a in range(n):
+        for b in range(n):
+            for k, (mu, sd, cnt) in enumerate(((0.9 - 0.03 * abs(a - b), 0.03, 30), (0.7, 0.05, 30), (0.8, 0.03, 20))):
+                s = rng.normal(mu, sd, cnt)
+                if ties:
+                    s = np.round(s, 2)  # duplicate grid values -> zero-width segments
+                ref += [a] * cnt
+                resp += [b] * cnt
+                kind += [k] * cnt
+                sim += list(s)
+    return cal.build(LANGS, np.array(ref), np.array(resp), np.array(kind), np.array(sim, np.float32), num_levels=21)
+
+
+def test_mean_calibration_matches_reference_loop():
+    table = _table()
+    rng = np.random.default_rng(1)
+    sims = rng.uniform(-1, 1.2, 500).astype(np.float32)
+    a, b = rng.integers(0, 3, 500), rng.integers(0, 3, 500)
+    ours, missing = jax.jit(cal.mean_calibrate)(table, jnp.asarray(sims), jnp.asarray(a), jnp.asarray(b))
+    mean, mu_ref = np.asarray(table.mean), float(table.mu_ref)
+    want = [reference_mean(float(s), float(mean[i, j]), mu_ref) for s, i, j in zip(sims, a, b)]
+    np.testing.assert_allclose(ours, want, atol=1e-6)
+    assert not np.asarray(missing).any()
+    counts = np.asarray(table.counts)
+    assert mu_ref == pytest.approx((mean * counts).sum() / counts.sum(), rel=1e-6)
+
+
+@pytest.mark.parametrize("use_ub", [True, False])
+def test_quantile_calibration_matches_reference_bisect(use_ub):
+    table = _table()
+    rng = np.random.default_rng(2)
+    grid = np.asarray(table.quantiles)
+    # Values on, between and outside grid points (exact ties exercise bisect_left).
+    sims = np.concatenate([rng.uniform(0.5, 1.05, 400), grid[0, 1, ::3] * (np.asarray(table.ub)[0, 1] + 1e-6)])
+    sims = sims.astype(np.float32)
+    a = np.concatenate([rng.integers(0, 3, 400), np.zeros(len(sims) - 400, int)])
+    b = np.concatenate([rng.integers(0, 3, 400), np.ones(len(sims) - 400, int)])
+    ours, _ = jax.jit(cal.quantile_calibrate, static_argnames="use_ub_norm")(
+        table, jnp.asarray(sims), jnp.asarray(a), jnp.asarray(b), use_ub_norm=use_ub)
+    qs, ub = list(np.asarray(table.levels)), np.asarray(table.ub)
+    want = [reference_quantile(float(np.float32(s)), list(grid[i, j]), qs, float(ub[i, j]), use_ub)
+            for s, i, j in zip(sims, a, b)]
+    np.testing.assert_allclose(ours, want, atol=2e-6)
+    assert np.any(np.diff(grid, axis=-1) == 0)  # the table really has zero-width segments
+
+
+def test_missing_pairs_error_or_flagged_fallback():
+    table = _table()
+    table = table.replace(present=table.present.at[1, 1].set(False))  # en->en missing, as in the reference CSV
+    with pytest.raises(ValueError, match=r"lacks 1 language pair\(s\): en->en"):
+        table.check_covers(LANGS)
+    assert table.check_covers(LANGS, fallback="raw") == [("en", "en")]
+    with pytest.raises(ValueError, match="lacks 3 language pair"):
+        table.check_covers(("de", "ko"))
+    r, missing = cal.mean_calibrate(table, jnp.array([0.5, 0.5]), jnp.array([1, 0]), jnp.array([1, 0]))
+    assert np.asarray(missing).tolist() == [True, False]
+    assert float(r[0]) == pytest.approx(0.75)  # no shift for the missing pair, flagged
+    with pytest.raises(KeyError, match="language 'ko' is not in the calibration table"):
+        table.lang_ids(["de", "ko"])
+
+
+def test_save_load_round_trip_and_validation(tmp_path):
+    table = _table()
+    cal.save(table, tmp_path / "t")
+    back = cal.load(tmp_path / "t.npz")
+    assert back.languages == LANGS and '"num_levels": 21' in back.provenance
+    for k in ("mean", "quantiles", "levels", "ub", "counts", "present"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(table, k))
+    arrays = dict(np.load(tmp_path / "t.npz"))
+    arrays["quantiles"][2, 0, 5] = -5.0
+    np.savez(tmp_path / "t.npz", **arrays)
+    with pytest.raises(ValueError, match="pair ja->de: quantile grid is not non-decreasing"):
+        cal.load(tmp_path / "t")
+
+
+def test_online_update_moves_only_observed_pairs():
+    table = _table()
+    new = cal.online_update(table, jnp.array([1.0, 1.0]), jnp.array([0, 0]), jnp.array([2, 2]), jnp.ones(2), 0.5)
+    diff = np.array(new.mean - table.mean)
+    assert diff[0, 2] == pytest.approx(0.5 * (1.0 - float(table.mean[0, 2])))
+    diff[0, 2] = 0
+    assert not diff.any() and float(new.mu_ref) == float(table.mu_ref)
+
+
+def test_calibration_removes_a_same_language_bias():
+    """The reason calibration exists: same-language equivalent pairs score higher raw."""
+    table = _table(ties=False)
+    mean = np.asarray(table.mean)
+    raw_spread = mean.max() - mean.min()
+    a, b = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
+    calibrated, _ = cal.mean_calibrate(table, jnp.asarray(mean.ravel()), jnp.asarray(a.ravel()), jnp.asarray(b.ravel()))
+    assert raw_spread > 0.04 and np.ptp(np.asarray(calibrated)) < 1e-6
