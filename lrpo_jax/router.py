@@ -23,6 +23,8 @@ lrpo_reference.md §1 describes the reference; where we differ on purpose (§7):
   the reference uses the row's list order).
 * B is learned only from regional topics' region cells. A regional prompt without a region feeds
   A only; the reference also EMA-updated a B["None"] row that no prompt ever reads.
+* Optional `min_count`: (topic, region, language) cells with fewer rollouts are not learned from
+  (default 1 = the reference; see `cell_values`).
 * tau and eps anneal independently (`schedule`); the reference's early return skipped the eps
   annealing whenever tau was constant.
 * All randomness comes from explicit keys and the state is a pytree checkpointed with the train
@@ -323,17 +325,21 @@ def observe_groups(state: RouterState, topic_ids, region_mh, lang_ids, rewards, 
                    lang_ids.reshape(-1), rewards.reshape(-1), valid.reshape(-1))
 
 
-def cell_values(state: RouterState, norm: str, norm_eps: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+def cell_values(state: RouterState, norm: str, norm_eps: float = 1e-6,
+                min_count: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """(x f32 [T, G + 1, L], observed bool [T, G + 1, L]): per-cell mean rewards normalised across
     the languages observed in each (topic, region) cell.
 
     center: x = r - m; zscore: x = (r - m) / (s + norm_eps), with m, s the unweighted mean and the
     population std (ddof 0) over the observed languages (one observed language gives 0).
-    Unobserved cells hold 0.
+    Unobserved cells hold 0. A cell counts as observed when it has >= `min_count` rollouts; cells
+    below that are dropped with the buffer. 1 is the reference; a language explored once or twice
+    otherwise gets an extreme z-score from one noisy reward (§7.3; see the router_sim scenario
+    `clean_min_count_1`).
     """
     if norm not in NORMS:
         raise ValueError(f"router norm={norm!r}; expected one of {NORMS}")
-    observed = state.counts > 0
+    observed = (state.counts > 0) & (state.counts >= min_count)
     o = observed.astype(jnp.float32)
     mean = state.sums / jnp.maximum(state.counts, 1.0) * o
     if norm == "none":
@@ -358,9 +364,9 @@ def _sequential_ema(old, x, observed, first_seen, alpha, axis: int):
 
 
 def update(state: RouterState, alpha, norm: str, regional_topic_mask, *, reference_compat: bool = False,
-           norm_eps: float = 1e-6) -> RouterState:
+           norm_eps: float = 1e-6, min_count: float = 1.0) -> RouterState:
     """Folds the buffer into A and B (see the module docstring), clears it, counts the update."""
-    x, observed = cell_values(state, norm, norm_eps)
+    x, observed = cell_values(state, norm, norm_eps, min_count)
     alpha = jnp.asarray(alpha, jnp.float32)
     regional = jnp.asarray(regional_topic_mask, bool)[:, None, None]
     num_g = state.B.shape[0]
@@ -369,7 +375,7 @@ def update(state: RouterState, alpha, norm: str, regional_topic_mask, *, referen
         A = _sequential_ema(state.A, x, observed, state.first_seen, alpha, axis=1)
         B = _sequential_ema(state.B, x[:, :num_g], in_b, state.first_seen[:, :num_g], alpha, axis=0)
     else:
-        w = state.counts
+        w = jnp.where(observed, state.counts, 0.0)
         w_a = w.sum(1)
         A = jnp.where(w_a > 0, (1 - alpha) * state.A + alpha * (w * x).sum(1) / jnp.maximum(w_a, 1e-12), state.A)
         w_b = (w[:, :num_g] * in_b).sum(0)
@@ -379,7 +385,7 @@ def update(state: RouterState, alpha, norm: str, regional_topic_mask, *, referen
 
 
 def maybe_update(state: RouterState, step, every_m, alpha, norm: str, regional_topic_mask, *,
-                 reference_compat: bool = False, norm_eps: float = 1e-6) -> RouterState:
+                 reference_compat: bool = False, norm_eps: float = 1e-6, min_count: float = 1.0) -> RouterState:
     """`update` iff step > 0 and step % every_m == 0, as a `lax.cond` (usable in a jitted step).
 
     With `step = state.step` after `observe` this is the reference's schedule: updates after
@@ -389,5 +395,5 @@ def maybe_update(state: RouterState, step, every_m, alpha, norm: str, regional_t
     do = (step > 0) & (step % jnp.maximum(jnp.asarray(every_m, jnp.int32), 1) == 0)
     return jax.lax.cond(
         do, lambda s: update(s, alpha, norm, regional_topic_mask, reference_compat=reference_compat,
-                             norm_eps=norm_eps),
+                             norm_eps=norm_eps, min_count=min_count),
         lambda s: s, state)

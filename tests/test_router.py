@@ -377,3 +377,18 @@ def test_jsonl_log_and_heatmaps(tmp_path):
     np.testing.assert_allclose(m[0], _softmax(np.array([0.0, 2.0, 0.0, 1.0]) / 0.5), rtol=1e-6)
     np.testing.assert_allclose(maps["router/topic_x_language"][0].sum(-1), 1.0, rtol=1e-6)
     assert maps["router/region_x_language"][0].shape == (3, 4)
+
+
+def test_min_count_ignores_thin_cells():
+    """min_count=2: the fr cell (one rollout, reward 1.0) neither enters the zscore of its (topic,
+    region) cell nor moves A; de and en (two rollouts each) give z = -1 and +1."""
+    rows = [("General Knowledge", (), DE, 0.2)] * 2 + [("General Knowledge", (), EN, 0.6)] * 2 + \
+           [("General Knowledge", (), FR, 1.0)]
+    state = _observe_rows(router.init_state(SPEC), rows)
+    x, observed = router.cell_values(state, "zscore", min_count=2)
+    assert not bool(observed[GK, 3, FR])
+    np.testing.assert_allclose(np.asarray(x[GK, 3]), [-0.2 / (0.2 + 1e-6), 0.2 / (0.2 + 1e-6), 0, 0], atol=1e-6)
+    new = router.update(state, 0.5, "zscore", MASK, min_count=2)
+    np.testing.assert_allclose(np.asarray(new.A[GK]), [-0.5, 0.5, 0.0, 0.0], atol=1e-5)
+    ref = router.update(state, 0.5, "zscore", MASK)  # min_count 1 (reference): fr gets z = 1.39
+    assert float(ref.A[GK, FR]) > 0.6
