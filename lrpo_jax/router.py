@@ -233,7 +233,10 @@ def assign(state: RouterState, topic_ids, region_mh, orig_lang, fixed_lang_mask,
            tau, eps, regional_topic_mask, fixed_probs=None) -> jax.Array:
     """Language ids int32 [P, K] for P prompts x K rollouts. Jittable; K and K_on are static.
 
-    Prompt i draws from `fold_in(key, i)`, so its languages depend only on (key, i, its inputs).
+    Prompt i draws from `fold_in(key, i)`, so its languages depend only on (key, i, its inputs),
+    not on the rest of the batch. Each routed rollout uses three uniforms: one for the eps coin,
+    one for the uniform arm, one inverted through the CDF of p (one uniform per draw instead of L
+    Gumbels: threefry bits dominate the cost on CPU).
     `fixed_probs` [L + 1] (optional) replaces the learned router by a constant mix (LRPO-Fixed and
     the fixed-mix baselines); entry L is the mass of "the question's own language"; eps is unused.
     """
@@ -241,26 +244,28 @@ def assign(state: RouterState, topic_ids, region_mh, orig_lang, fixed_lang_mask,
         raise ValueError(f"router K_on={K_on} must be within [0, K={K}]")
     num_p, num_l = topic_ids.shape[0], state.A.shape[1]
     if fixed_probs is None:
-        z = logits(state, topic_ids, region_mh, regional_topic_mask) / jnp.maximum(tau, 1e-6)
+        z = logits(state, topic_ids, region_mh, regional_topic_mask)
+        p = jax.nn.softmax(z / jnp.maximum(tau, 1e-6), axis=-1)
         eps = jnp.asarray(eps, jnp.float32)
     else:
         probs = jnp.asarray(fixed_probs, jnp.float32)
         if probs.shape != (num_l + 1,):
             raise ValueError(f"fixed_probs must have shape ({num_l + 1},) (languages + own), got {probs.shape}")
-        z = jnp.broadcast_to(jnp.log(jnp.maximum(probs, 1e-30)), (num_p, num_l + 1))
+        p = jnp.broadcast_to(probs / probs.sum(), (num_p, num_l + 1))
         eps = jnp.float32(0.0)
+    cdf = jnp.cumsum(p, axis=-1)
     keep = (jnp.arange(K) < K_on)[None, :] | jnp.asarray(fixed_lang_mask, bool)[:, None]
 
-    def one_prompt(z_row, own, keep_row, key_row):
-        k_draw, k_explore, k_uniform = jax.random.split(key_row, 3)
-        drawn = jax.random.categorical(k_draw, z_row, shape=(K,))
+    def one_prompt(cdf_row, own, keep_row, key_row):
+        u_draw, u_explore, u_arm = jax.random.uniform(key_row, (3, K))
+        # Index of the first CDF entry above u; `<=` skips zero-probability arms.
+        drawn = jnp.minimum(jnp.sum(cdf_row[None, :] <= (u_draw * cdf_row[-1])[:, None], -1), cdf_row.shape[0] - 1)
         drawn = jnp.where(drawn == num_l, own, drawn)  # only reachable with fixed_probs
-        explore = jax.random.uniform(k_explore, (K,)) < eps
-        uniform = jax.random.randint(k_uniform, (K,), 0, num_l)
-        return jnp.where(keep_row, own, jnp.where(explore, uniform, drawn))
+        uniform = jnp.minimum((u_arm * num_l).astype(jnp.int32), num_l - 1)
+        return jnp.where(keep_row, own, jnp.where(u_explore < eps, uniform, drawn))
 
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num_p))
-    return jax.vmap(one_prompt)(z, jnp.asarray(orig_lang, jnp.int32), keep, keys).astype(jnp.int32)
+    return jax.vmap(one_prompt)(cdf, jnp.asarray(orig_lang, jnp.int32), keep, keys).astype(jnp.int32)
 
 
 def observed_rollouts(fixed_lang_mask, K: int, K_on: int, *, observe_quota: bool = True,
