@@ -16,7 +16,7 @@ summary.json. Expected (2 CPU cores, ~11 s in all; seed 0, 300 steps x 128 promp
   bias_calibrated    the same rewards after mean calibration (subtract mu_pair - mu_ref, estimated
                      from 30 synthetic equivalent pairs per language pair): best-arm p >= 0.93.
 
-Variants: `configs/router_sim.py:scenarios=clean,steps=200,seed=1`; any field can be overridden
+Variants: `configs/router_sim.py:scenarios=clean+bias_raw,steps=200,seed=1`; any field can be overridden
 with `--config.router.norm=center` etc. The tau / eps decays are faster than the reference run's
 (0.999 / 0.995 per step) because the simulator runs 300 steps instead of ~64.
 """
@@ -65,13 +65,13 @@ SCENARIOS = {
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, scenarios="clean,clean_min_count_1,bias_raw,bias_calibrated", steps=300, seed=0)
+    a = config_lib.parse_arg(arg, scenarios="clean+clean_min_count_1+bias_raw+bias_calibrated", steps=300, seed=0)
     c = ml_collections.ConfigDict()
     c.seed = a.seed
     c.steps = a.steps                    # training steps simulated
     c.prompts_per_step = 128             # P (the reference run: 256)
     c.log_every = 5                      # router.jsonl lines every N steps
-    c.scenarios = tuple(s.strip() for s in a.scenarios.split(",") if s.strip())
+    c.scenarios = tuple(s.strip() for s in a.scenarios.split("+") if s.strip())  # "," separates arguments
     unknown = [s for s in c.scenarios if s not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenarios {unknown}; available: {sorted(SCENARIOS)}")

@@ -66,10 +66,6 @@ class RouterState:
     step: jax.Array        # i32 `observe` calls so far = training steps; drives annealing and M
     updates: jax.Array     # i32 updates applied so far
 
-    @property
-    def num_cells(self) -> int:
-        return self.sums.shape[1]
-
 
 @dataclasses.dataclass(frozen=True)
 class RowFields:
@@ -305,7 +301,8 @@ def observe(state: RouterState, topic_ids, region_mh, lang_ids, rewards, valid_m
     flat = ((jnp.asarray(topic_ids, jnp.int32)[:, None] * num_c + cells) * num_l
             + jnp.asarray(lang_ids, jnp.int32)[:, None]).reshape(-1)
     w_flat = w.reshape(-1)
-    r_flat = (w * jnp.asarray(rewards, jnp.float32)[:, None]).reshape(-1)
+    # where, not a product: an invalid rollout may carry a NaN reward
+    r_flat = jnp.where(w > 0, jnp.asarray(rewards, jnp.float32)[:, None], 0.0).reshape(-1)
     # Arrival rank (rollout, then region index) of each cell's first rollout: the order in which
     # the reference's dict would have created the cell.
     rank = ((state.buffered + jnp.arange(n, dtype=jnp.int32))[:, None] * num_c + cells).reshape(-1)
@@ -323,7 +320,7 @@ def observe_groups(state: RouterState, topic_ids, region_mh, lang_ids, rewards, 
                    K_on: int, observe_quota: bool = True, observe_fixed: bool = True) -> RouterState:
     """`observe` for a step laid out as `assign` returns it: topic_ids [P], region_mh [P, G],
     lang_ids / rewards / valid_mask [P, K]; `observed_rollouts` selects what is learned from."""
-    num_p, k = lang_ids.shape
+    k = lang_ids.shape[1]
     keep = observed_rollouts(fixed_lang_mask, k, K_on, observe_quota=observe_quota, observe_fixed=observe_fixed)
     valid = jnp.asarray(valid_mask, bool) & keep
     return observe(state, jnp.repeat(jnp.asarray(topic_ids), k), jnp.repeat(jnp.asarray(region_mh), k, axis=0),

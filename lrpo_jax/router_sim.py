@@ -16,7 +16,8 @@ synthetic equivalent pairs per language pair (a small table of our own, the §2.
 `sim_to_reward` maps clip(s, -1, 1) to (s + 1) / 2 as the reference.
 
 Regret is measured on the true quality of routed rollouts (quota and fixed rows are not routed):
-quality[cell, best] - quality[cell, chosen], summed.
+quality[cell, best] - quality[cell, chosen], summed. The scenarios and their expected results are
+in configs/router_sim.py.
 """
 from __future__ import annotations
 
@@ -349,7 +350,7 @@ def main(argv):
     run(_CONFIG.value, _WORKDIR.value)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags defined here only: lrpo_jax.train defines the same names
     from absl import app, flags
     from ml_collections import config_flags
 

@@ -165,7 +165,7 @@ def _observe_rows(state, rows, valid=None):
 def test_observe_counts_each_region_cell_and_no_region_cell():
     rows = [("Regional Knowledge", ("Japan", "France"), JA, 0.5), ("Regional Knowledge", (), EN, 0.25),
             ("General Knowledge", ("Europe",), DE, 1.0), ("General Knowledge", ("Europe",), DE, 0.0),
-            ("Translation", (), FR, 0.75)]
+            ("Translation", (), FR, float("nan"))]  # invalid rollouts may carry garbage
     state = _observe_rows(router.init_state(SPEC), rows, valid=np.array([1, 1, 1, 1, 0], bool))
     want_c, want_s = np.zeros((3, 4, 4)), np.zeros((3, 4, 4))
     for (t, g, lang), r in [((RK, 0, JA), 0.5), ((RK, 2, JA), 0.5), ((RK, 3, EN), 0.25), ((GK, 1, DE), 1.0),
