@@ -1,0 +1,1 @@
+"""Data: validated rows (schema), sources and converters, resumable iteration, policy prompts."""

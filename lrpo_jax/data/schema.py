@@ -1,0 +1,131 @@
+"""Validated training rows. Problems are reported by row index and field, never defaulted away.
+
+Raw rows follow the verl parquet schema the reference uses (`question`, `answer`, `ability` =
+topic, `extra_info.language`, `extra_info.region` as a string or list) or the flat equivalent
+(`topic`, `language`, `region(s)`). Languages may be ISO 639-1/639-3 codes or English names; the
+reference silently turned anything it could not map into English, we stop with the row and field.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from lrpo_jax import vocab as vocab_lib
+
+
+class DataError(ValueError):
+    """A row that cannot be used; the message names the row and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    id: str
+    question: str
+    answer: str                     # the reference answer (similarity reward target)
+    topic: str
+    regions: tuple[str, ...]
+    language: str                   # ISO 639-1 of the question (and reference answer)
+    numeric_answer: float | None = None
+    pair_id: str | None = None      # same id across languages = parallel items
+    source: str = ""
+
+
+def _field(row: Mapping[str, Any], *names: str):
+    """First present value among dotted names (e.g. 'extra_info.language')."""
+    for name in names:
+        cur: Any = row
+        for part in name.split("."):
+            if isinstance(cur, Mapping) and part in cur:
+                cur = cur[part]
+            else:
+                cur = None
+                break
+        if cur is not None:
+            return cur, name
+    return None, names[0]
+
+
+def _regions(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return () if value.strip() in ("", "None", "[]") else (value.strip(),)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(str(v).strip() for v in value if str(v).strip())
+    raise TypeError(f"expected a string or a list, got {type(value).__name__}")
+
+
+def parse_row(row: Mapping[str, Any], index: int, *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab,
+              regions: vocab_lib.Vocab, default_topic: str | None = None, where: str = "row") -> Example:
+    """One raw row -> Example, raising DataError naming `where index` and the field."""
+    def fail(field, msg):
+        raise DataError(f"{where} {index}, field {field}: {msg}")
+
+    question, qf = _field(row, "question", "extra_info.question")
+    if not isinstance(question, str) or not question.strip():
+        fail(qf, f"missing or empty question ({question!r})")
+    answer, af = _field(row, "answer", "reward_model.ground_truth")
+    if not isinstance(answer, str) or not answer.strip():
+        fail(af, f"missing or empty reference answer ({answer!r})")
+    lang, lf = _field(row, "extra_info.language", "language")
+    try:
+        code = vocab_lib.normalize_language(lang) if lang is not None else None
+    except vocab_lib.UnknownKeyError as e:
+        fail(lf, str(e))
+    if code is None:
+        fail(lf, "missing language")
+    if code not in languages:
+        fail(lf, f"language {code!r} is not among the configured languages {list(languages.names)}")
+    topic, tf = _field(row, "ability", "topic", "extra_info.topic")
+    topic = topic if topic is not None else default_topic
+    if topic not in topics:
+        fail(tf, f"unknown topic {topic!r}; configured topics: {list(topics.names)}")
+    region_value, rf = _field(row, "extra_info.region", "region", "regions")
+    try:
+        regs = _regions(region_value)
+    except TypeError as e:
+        fail(rf, str(e))
+    for g in regs:
+        if g not in regions:
+            fail(rf, f"unknown region {g!r}; configured regions: {list(regions.names)}")
+    numeric, nf = _field(row, "numeric_answer", "extra_info.numeric_answer")
+    if numeric is not None:
+        try:
+            numeric = float(numeric)
+        except (TypeError, ValueError):
+            fail(nf, f"not a number: {numeric!r}")
+    rid, _ = _field(row, "id", "extra_info.index", "uid")
+    pair, _ = _field(row, "pair_id", "extra_info.pair_id")
+    source, _ = _field(row, "source", "data_source")
+    return Example(id=str(rid if rid is not None else f"{where}-{index}"), question=question.strip(),
+                   answer=answer.strip(), topic=topic, regions=regs, language=code, numeric_answer=numeric,
+                   pair_id=None if pair is None else str(pair), source=str(source or ""))
+
+
+def validate_rows(rows: Iterable[Mapping[str, Any]], *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab,
+                  regions: vocab_lib.Vocab, skip_bad_rows: bool = False, default_topic: str | None = None,
+                  where: str = "row") -> tuple[list[Example], collections.Counter]:
+    """Parses every row. With skip_bad_rows, bad rows are dropped and counted by field; otherwise
+    the first bad row raises DataError."""
+    out, skipped = [], collections.Counter()
+    for i, row in enumerate(rows):
+        try:
+            out.append(parse_row(row, i, languages=languages, topics=topics, regions=regions,
+                                 default_topic=default_topic, where=where))
+        except DataError as e:
+            if not skip_bad_rows:
+                raise
+            skipped[str(e).split(": ", 1)[0].split("field ")[-1]] += 1
+    if not out:
+        raise DataError(f"no usable rows in {where}s ({sum(skipped.values())} skipped: {dict(skipped)})")
+    return out, skipped
+
+
+def to_row(ex: Example) -> dict:
+    """Example -> the verl-style raw row (for writing parquet/JSONL)."""
+    return {"question": ex.question, "answer": ex.answer, "ability": ex.topic, "data_source": ex.source,
+            "extra_info": {"language": ex.language, "region": list(ex.regions), "index": ex.id,
+                           "pair_id": ex.pair_id, "numeric_answer": ex.numeric_answer}}

@@ -1,0 +1,139 @@
+"""Data layer: validation errors name row and field, converters, deterministic resumable iteration."""
+import json
+
+import numpy as np
+import pytest
+
+from lrpo_jax import vocab
+from lrpo_jax.data import iterator, prompts, schema, sources
+
+V = dict(languages=vocab.language_vocab(), topics=vocab.topic_vocab(), regions=vocab.region_vocab())
+
+
+def _row(**kw):
+    row = {"question": "Wie alt ist Anna?", "answer": "Anna ist 7 Jahre alt.", "ability": "General Knowledge",
+           "extra_info": {"language": "german", "region": ["Germany", "Europe"]}}
+    row.update(kw)
+    return row
+
+
+def test_reference_schema_rows_parse():
+    ex = schema.parse_row(_row(), 0, **V)
+    assert (ex.language, ex.topic, ex.regions) == ("de", "General Knowledge", ("Germany", "Europe"))
+    ex = schema.parse_row(_row(extra_info={"language": "zh", "region": "China"}), 1, **V)
+    assert ex.language == "zh" and ex.regions == ("China",)
+    ex = schema.parse_row(_row(extra_info={"language": "Japanese", "region": np.array(["Japan"])}), 2, **V)
+    assert ex.language == "ja" and ex.regions == ("Japan",)
+    assert schema.parse_row(_row(extra_info={"language": "fr", "region": "None"}), 3, **V).regions == ()
+
+
+@pytest.mark.parametrize("row,message", [
+    (_row(extra_info={"language": "klingon"}), r"row 4, field extra_info.language: unknown language 'klingon'"),
+    (_row(extra_info={}), r"row 4, field extra_info.language: missing language"),
+    (_row(extra_info={"language": "sw"}), r"language 'sw' is not among the configured languages"),
+    (_row(ability="Cooking"), r"row 4, field ability: unknown topic 'Cooking'"),
+    (_row(extra_info={"language": "de", "region": ["Atlantis"]}), r"field extra_info.region: unknown region 'Atlantis'"),
+    (_row(question=None), r"row 4, field question: missing or empty question"),
+    (_row(answer="  "), r"row 4, field answer: missing or empty reference answer"),
+])
+def test_bad_rows_name_row_and_field_and_never_default_to_english(row, message):
+    with pytest.raises(schema.DataError, match=message):
+        schema.parse_row(row, 4, **V)
+
+
+def test_skip_bad_rows_counts_by_field():
+    rows = [_row(), _row(extra_info={"language": "xx"}), _row(ability="Cooking"), _row()]
+    ok, skipped = schema.validate_rows(rows, skip_bad_rows=True, **V)
+    assert len(ok) == 2 and skipped == {"extra_info.language": 1, "ability": 1}
+    with pytest.raises(schema.DataError, match="row 1"):
+        schema.validate_rows(rows, **V)
+
+
+def test_jsonl_parquet_round_trip(tmp_path):
+    exs, _ = schema.validate_rows([_row(), _row(extra_info={"language": "ja", "region": []})], **V)
+    sources.write_jsonl(exs, tmp_path / "d.jsonl")
+    sources.write_parquet(exs, tmp_path / "d.parquet")
+    for rows in (sources.read_jsonl(tmp_path / "d.jsonl"), sources.read_parquet(tmp_path / "d.parquet")):
+        back, _ = schema.validate_rows(rows, **V)
+        assert [(e.question, e.language, e.regions, e.topic) for e in back] == \
+               [(e.question, e.language, e.regions, e.topic) for e in exs]
+    (tmp_path / "bad.jsonl").write_text(json.dumps(_row()) + "\n{oops\n")
+    with pytest.raises(schema.DataError, match="line 2 is not JSON"):
+        sources.read_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_mgsm_converter(mgsm_dir):
+    rows = sources.mgsm_rows(mgsm_dir, ["en", "de"])
+    exs, _ = schema.validate_rows(rows, **V)
+    assert len(exs) == 500 and exs[0].pair_id == exs[250].pair_id == "mgsm-0"
+    assert exs[0].numeric_answer == exs[250].numeric_answer == float(rows[0]["answer"])
+
+
+def test_gsm_symbolic_items_are_parallel():
+    rows = sources.gsm_symbolic_rows(["en", "de", "ja"], max_items=30)
+    exs, _ = schema.validate_rows(rows, **V)
+    by_pair = {}
+    for e in exs:
+        if e.pair_id:
+            by_pair.setdefault(e.pair_id, {})[e.language] = e.numeric_answer
+    full = [p for p in by_pair.values() if len(p) == 3]
+    assert len(full) >= 25 and all(len(set(p.values())) == 1 for p in full)
+    assert {e.regions for e in exs if e.language == "ja"} == {("Japan",)}
+    with pytest.raises(ValueError, match="no templates for language 'xx'"):
+        sources.gsm_symbolic_rows(["xx"])
+
+
+@pytest.mark.parametrize("text,value", [("#### 1,234", 1234.0), ("#### 1.234,5", 1234.5), ("#### 0,3", 0.3),
+                                        ("#### 18", 18.0), ("no final", None), ("42", 42.0)])
+def test_numeric_answers(text, value):
+    assert sources.numeric(text) == value
+
+
+def test_iterator_is_deterministic_and_resumes_exactly():
+    exs, _ = schema.validate_rows([_row(question=f"q{i}") for i in range(10)], **V)
+    a = iterator.PromptIterator(exs, 3, seed=7)
+    first = [[e.question for e in a.next()] for _ in range(5)]  # crosses an epoch (3 batches/epoch)
+    assert a.epoch == 1 and sorted(sum(first[:3], [])) != sorted(q for q in [f"q{i}" for i in range(10)])
+    b = iterator.PromptIterator(exs, 3, seed=7)
+    b.next(), b.next()
+    c = iterator.PromptIterator(exs, 3, seed=7)
+    c.restore(b.state())
+    assert [[e.question for e in c.next()] for _ in range(3)] == first[2:]
+    with pytest.raises(ValueError, match="does not match this dataset"):
+        iterator.PromptIterator(exs[:9], 3, seed=7).restore(b.state())
+    with pytest.raises(ValueError, match="exceeds the 10 available"):
+        iterator.PromptIterator(exs, 11)
+
+
+class _Tok:
+    """A stand-in tokenizer exposing the two calls PromptBuilder makes."""
+    chat_template = None
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([2] if add_special_tokens else []) + [ord(c) for c in text]}
+
+
+def test_prompt_modes_on_a_base_model():
+    pb = prompts.PromptBuilder(_Tok(), mode="fewshot")
+    text = pb.text("How old is Anna?", "de")
+    assert text.startswith("Antworte auf Deutsch.\n\nFrage: Ein Bäcker") and text.endswith(
+        "Frage: How old is Anna?\nAntwort:")
+    assert pb.tokens("Q?", "ja")[0] == 2
+    assert prompts.PromptBuilder(_Tok(), mode="tag").text(" Q? ", "zh") == "Q?\n<|out_lang_zh|>\n"
+    assert prompts.PromptBuilder(_Tok(), mode="system").text("Q?", "fr") == "Réponds en français.\n\nQ?\n"
+    with pytest.raises(ValueError, match="no instruction/exemplar for languages \\['xx'\\]"):
+        prompts.check_languages(["de", "xx"], "fewshot")
+    prompts.check_languages(list(vocab.DEFAULT_LANGUAGES) + ["bn", "sw", "te", "th"], "fewshot")
+
+
+def test_prompt_chat_template_for_instruct_models():
+    from transformers import AutoTokenizer
+
+    from lrpo_jax.models import shipped
+    tok = AutoTokenizer.from_pretrained(str(shipped.qwen25_tokenizer_dir()))
+    pb = prompts.PromptBuilder(tok, mode="fewshot")
+    text = pb.text("Wie alt ist Anna?", "ja")
+    assert text.startswith("<|im_start|>system\n日本語で答えてください。<|im_end|>\n<|im_start|>user\nパン屋さん")
+    assert text.endswith("<|im_start|>user\nWie alt ist Anna?<|im_end|>\n<|im_start|>assistant\n")
+    tag = prompts.PromptBuilder(tok, mode="tag").text("Q?", "ko")
+    assert "You are Qwen" in tag and "Q?\n<|out_lang_ko|><|im_end|>" in tag  # the reference's exact prompt
