@@ -1,0 +1,90 @@
+"""The LRPO reward: r = w_sim * calibrate(sim(response, reference)) * gate + w_ans * answer_match.
+
+Every component is returned separately so the trainer can log it per language, and every zero
+has a counted reason (empty response, no language content, other language, NaN similarity,
+calibration fallback). Bad inputs never raise in the middle of a run and never default a
+language: the configured languages are validated once, at start-up.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lrpo_jax.rewards import calibration as calib_lib
+from lrpo_jax.rewards import verifiable
+from lrpo_jax.rewards.lid import LanguageID
+from lrpo_jax.rewards.similarity import ReferenceCache, SimilarityModel
+
+
+@dataclasses.dataclass
+class RewardResult:
+    reward: np.ndarray                 # f32 [N]
+    components: dict[str, np.ndarray]  # similarity, calibrated, gate, answer (each [N])
+    predicted_language: np.ndarray     # object [N]: LID top-1 (None = no language content)
+    reasons: collections.Counter
+
+
+class RewardModel:
+    def __init__(self, similarity: SimilarityModel | None, lid: LanguageID, table: calib_lib.CalibrationTable | None,
+                 *, calibration: str = "mean", gate: str = "hard", gate_threshold: float = 0.0,
+                 similarity_weight: float = 1.0, answer_weight: float = 0.0, missing_pair: str = "error",
+                 languages: Sequence[str] = ()):
+        if calibration not in ("raw", "mean", "quantile"):
+            raise ValueError(f"reward.calibration={calibration!r}; expected raw, mean or quantile")
+        if similarity_weight and similarity is None:
+            raise ValueError("reward.similarity_weight > 0 needs an encoder")
+        if calibration != "raw":
+            if table is None:
+                raise ValueError(f"reward.calibration={calibration!r} needs a calibration table")
+            table.check_covers(languages, missing_pair)
+        self.sim, self.lid, self.table = similarity, lid, table
+        self.calibration, self.gate_mode, self.threshold = calibration, gate, gate_threshold
+        self.w_sim, self.w_ans = similarity_weight, answer_weight
+        self.refs = ReferenceCache(similarity) if similarity is not None else None
+        method = calibration
+
+        def calibrate(table, sim, a, b):
+            return calib_lib.calibrate(table, sim, a, b, method)
+
+        self._calibrate = jax.jit(calibrate)
+
+    def score(self, responses: Sequence[str], targets: Sequence[str], ref_keys: Sequence, ref_texts: Sequence[str],
+              ref_langs: Sequence[str], numeric_answers: Sequence[float | None] | None = None) -> RewardResult:
+        n = len(responses)
+        reasons = collections.Counter()
+        gate, predicted, gate_reasons = self.lid.gate(responses, targets, mode=self.gate_mode, threshold=self.threshold)
+        reasons.update({f"gate/{k}": v for k, v in gate_reasons.items()})
+        sim = np.zeros(n, np.float32)
+        calibrated = np.zeros(n, np.float32)
+        if self.w_sim:
+            emb = self.sim.embed(responses)
+            refs = self.refs.get(list(ref_keys), list(ref_texts))
+            sim = np.einsum("nd,nd->n", emb, refs).astype(np.float32)
+            bad = ~np.isfinite(sim)
+            if bad.any():
+                reasons["nan_similarity"] += int(bad.sum())
+                sim = np.where(bad, 0.0, sim)
+            if self.table is not None:
+                a = self.table.lang_ids(ref_langs, "reference language")
+                b = self.table.lang_ids(targets, "response language")
+            else:
+                a = b = np.zeros(n, np.int32)
+            cal, missing = self._calibrate(self.table, jnp.asarray(sim), jnp.asarray(a), jnp.asarray(b))
+            calibrated = np.where(bad, 0.0, np.asarray(cal))
+            if np.asarray(missing).any():
+                reasons["calibration_fallback"] += int(np.asarray(missing).sum())
+        empty = np.array([not str(r).strip() for r in responses])
+        answer = np.zeros(n, np.float32)
+        if self.w_ans:
+            for i, (text, value) in enumerate(zip(responses, numeric_answers or [None] * n)):
+                answer[i], why = verifiable.score(text, value)
+                reasons[f"answer/{why}"] += 1
+        reward = (self.w_sim * calibrated + self.w_ans * answer) * gate
+        reward = np.where(empty, 0.0, reward).astype(np.float32)
+        return RewardResult(reward=reward, predicted_language=predicted, reasons=reasons,
+                            components={"similarity": sim, "calibrated": calibrated, "gate": gate, "answer": answer})

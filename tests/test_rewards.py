@@ -1,0 +1,93 @@
+"""Verifiable answers, reward combination with counted reasons, and the calibration builder."""
+import numpy as np
+import pytest
+
+from lrpo_jax import calibrate
+from lrpo_jax.data import schema
+from lrpo_jax.rewards import calibration as calib_lib
+from lrpo_jax.rewards import combine, lid, verifiable
+
+
+@pytest.mark.parametrize("text,value,how", [
+    ("so the total is \\boxed{1,234}.", 1234.0, "boxed"), ("Die Antwort ist 1.234,5 Euro", 1234.5, "last_number"),
+    ("الإجابة هي ٢٠", 20.0, "last_number"), ("答えは２０です", 20.0, "last_number"), ("উত্তর হলো ২০।", 20.0, "last_number"),
+    ("0,3 m", 0.3, "last_number"), ("12 + 8 = 20. The answer is 20.", 20.0, "last_number"), ("no digits", None, "none"),
+    ("\\boxed{\\frac{1}{2}} or 7", 2.0, "boxed"), ("-5 degrees", -5.0, "last_number"),
+])
+def test_extract_number(text, value, how):
+    assert verifiable.extract_number(text) == (value, how)
+
+
+def test_answer_score_reasons():
+    assert verifiable.score("... \\boxed{42}", 42.0) == (1.0, "match_boxed")
+    assert verifiable.score("it is 41", 42.0) == (0.0, "wrong_number")
+    assert verifiable.score("nothing", 42.0) == (0.0, "no_number")
+    assert verifiable.score("42", None) == (0.0, "no_reference_number")
+
+
+class _FakeSim:
+    """Embeds a text as a fixed unit vector per first word: controlled cosines."""
+
+    def embed(self, texts):
+        out = []
+        for t in texts:
+            w = (t.split() or [""])[0]
+            v = np.array([1.0, 0.0] if w in ("Die", "The") else [0.6, 0.8] if w else [np.nan, np.nan], np.float32)
+            out.append(v)
+        return np.stack(out)
+
+
+def _table():
+    langs = ("de", "en")
+    mean = np.array([[0.95, 0.90], [0.90, 0.97]], np.float32)
+    return calib_lib.CalibrationTable(
+        mean=mean, quantiles=np.zeros((2, 2, 2), np.float32), levels=np.array([0, 1], np.float32),
+        ub=np.ones((2, 2), np.float32), counts=np.ones((2, 2), np.float32), present=np.ones((2, 2), bool),
+        mu_ref=np.float32(0.93), languages=langs)
+
+
+def test_combined_reward_components_and_reasons():
+    model = combine.RewardModel(_FakeSim(), lid.LanguageID(("de", "en")), _table(), calibration="mean",
+                                answer_weight=0.5, languages=("de", "en"))
+    responses = ["Die Antwort ist zwanzig, also 20.", "The answer is twenty, so 20.", "", "Katze Hund Maus 20"]
+    res = model.score(responses, ["de", "de", "de", "de"], ["k0"] * 4, ["Die Lösung ist 20."] * 4, ["de"] * 4,
+                      [20.0] * 4)
+    # Row 0: cos 1 (same first word), de->de shift 0.95-0.93, gate 1, answer 1.
+    assert res.components["gate"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert res.reward[0] == pytest.approx((1 - 0.02 + 1) / 2 + 0.5, abs=1e-5)
+    assert res.reward[1] == 0 and res.reward[2] == 0  # wrong language; empty
+    assert res.reward[3] == pytest.approx((0.6 - 0.02 + 1) / 2 + 0.5, abs=1e-5)
+    assert res.reasons["gate/other_language"] == 1 and res.reasons["gate/empty"] == 1
+    assert res.reasons["nan_similarity"] == 1 and res.reasons["answer/match_last_number"] == 3
+    assert res.reasons["answer/no_number"] == 1
+
+
+def test_missing_language_pair_fails_at_start_up():
+    with pytest.raises(ValueError, match="lacks .* language pair"):
+        combine.RewardModel(_FakeSim(), lid.LanguageID(("de", "en", "fr")), _table(), languages=("de", "en", "fr"))
+    with pytest.raises(ValueError, match="needs a calibration table"):
+        combine.RewardModel(_FakeSim(), lid.LanguageID(("de",)), None, calibration="mean", languages=("de",))
+
+
+def test_builder_samples_and_held_out_diagnostic():
+    rng = np.random.default_rng(0)
+    langs = ("de", "en", "ja")
+    base = rng.normal(size=(40, 16))
+    emb = {}
+    for i, lang in enumerate(langs):  # same items, a language-specific offset, some noise
+        e = base + 0.3 * rng.normal(size=base.shape) + (i * 0.8) * np.eye(16)[i]
+        emb[lang] = ([f"p{k}" for k in range(40)], (e / np.linalg.norm(e, axis=1, keepdims=True)).astype(np.float32))
+    a, b, kind, sim = calibrate.similarity_samples(emb, langs, mismatches=3, hard_negatives=2)
+    assert len(sim) == 9 * 40 * 6 and set(kind.tolist()) == {0, 1, 2}
+    eq = sim[kind == 0]
+    assert eq.mean() > sim[kind == 1].mean() + 0.3
+    report = calibrate.diagnose(emb, langs, num_levels=21)
+    assert report["spread_shrink"]["mean"] > 3 and report["max_auc_drop"]["mean"] < 0.01
+    assert calibrate._auc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
+
+
+def test_parallel_items_require_two_languages():
+    mk = lambda pid, lang: schema.Example(id=f"{pid}{lang}", question="q", answer="a", topic="t", regions=(),  # noqa: E731
+                                          language=lang, pair_id=pid)
+    items = calibrate.parallel_items([mk("a", "de"), mk("a", "en"), mk("b", "de"), mk(None, "en")], ("de", "en"))
+    assert list(items) == ["a"]
