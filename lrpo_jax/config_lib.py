@@ -46,3 +46,27 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             value = str(raw.strip())
         out[key] = value
     return ml_collections.ConfigDict(out)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """`configs/common.py:get_base_config()`, loaded by path so configs work from any directory."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"
+    spec = importlib.util.spec_from_file_location("lrpo_configs_common", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_base_config()
+
+
+def check_keys(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict, prefix: str = "config") -> None:
+    """Every key of `cfg` must exist in `schema` (the base config): typos fail with the key's path."""
+    for key in cfg.keys():
+        path = f"{prefix}.{key}"
+        if key not in schema:
+            raise KeyError(f"unknown config key {path!r}; known keys at {prefix}: {sorted(schema.keys())}")
+        value, ref = cfg[key], schema[key]
+        if isinstance(ref, ml_collections.ConfigDict) and key != "overrides":
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise TypeError(f"config key {path!r} must be a group of settings, got {type(value).__name__}")
+            check_keys(value, ref, path)

