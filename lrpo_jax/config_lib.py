@@ -70,3 +70,14 @@ def check_keys(cfg: ml_collections.ConfigDict, schema: ml_collections.ConfigDict
             if not isinstance(value, ml_collections.ConfigDict):
                 raise TypeError(f"config key {path!r} must be a group of settings, got {type(value).__name__}")
             check_keys(value, ref, path)
+
+
+def load_sibling(config_file: str, name: str):
+    """Imports `configs/<name>.py` next to `config_file` by path (configs are not a package)."""
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(config_file).resolve().with_name(f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"lrpo_configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

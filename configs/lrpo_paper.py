@@ -1,0 +1,73 @@
+"""Shared settings of the paper runs (lrpo_reference.md §4) and their variants; imported by the
+per-model configs (lrpo_qwen2_5_1_5b.py, lrpo_llama3_2_1b.py, lrpo_gemma3_4b.py).
+
+Variants (`:variant=NAME`):
+  lrpo            the method (router + mean calibration + LID gate)
+  grpo            monolingual GRPO baseline: every rollout in the question's language
+  input_dominant  fixed mix: 75% question language, 25% English          (paper Table 2)
+  en_dominant     fixed mix: 25% question language, 75% English
+  fixed           LRPO-Fixed: 25% question language, rest uniform over the arms, no learning
+  calib_raw | calib_quantile   calibration ablations (calib_mean = lrpo)
+  no_region       no region matrix B (no topic is regional)
+  no_gate         no language-ID gate
+  no_anneal       constant tau and eps
+  reference       lrpo with the reference's topic-EMA-per-region-cell update (reference_compat)
+"""
+from lrpo_jax import config_lib
+
+VARIANTS = ("lrpo", "grpo", "input_dominant", "en_dominant", "fixed", "calib_raw", "calib_quantile",
+            "no_region", "no_gate", "no_anneal", "reference")
+TRAIN_LANGS = ("ar", "de", "es", "fr", "id", "it", "ja", "ko", "nl", "pl", "pt", "ru", "vi", "zh")
+
+
+def get_paper_config(arg, *, model_dir_default: str, policy_dtype: str = "bfloat16"):
+    a = config_lib.parse_arg(arg, variant="lrpo", model_dir=model_dir_default, data="data/lrpo_train.parquet",
+                             encoder_dir="", table="auto", steps=64, runlocal=False)
+    if a.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {a.variant!r}; choose one of {VARIANTS}")
+    c = config_lib.base_config()
+    c.total_steps = a.steps
+    c.mesh = (("data", 1), ("fsdp", -1), ("tensor", 1))
+    c.policy.source = f"hf:{a.model_dir}"
+    c.policy.dtype = policy_dtype
+    c.policy.remat = True
+    c.data.source = "parquet"
+    c.data.path = a.data
+    c.data.languages = TRAIN_LANGS
+    c.data.prompts_per_step = 256
+    c.prompt.mode = "tag"                    # a warm-started policy (python -m lrpo_jax.warmstart)
+    c.rollout.K = 8
+    c.rollout.max_new_tokens = 1024
+    c.rollout.prompt_buckets = (128, 256, 512)
+    # The reference's encoder is mmBERT-small (give its local HF folder); e5-small ships offline.
+    c.reward.encoder = f"hf:{a.encoder_dir}" if a.encoder_dir else "shipped:e5_small"
+    c.reward.table = a.table
+    c.rl.micro_batch = 32
+    c.optim.lr = 1e-6
+    c.ckpt.every = 10
+    v = a.variant
+    if v == "grpo":
+        c.router.enabled = False
+    elif v in ("input_dominant", "en_dominant", "fixed"):
+        own = {"input_dominant": 0.75, "en_dominant": 0.25, "fixed": 0.25}[v]
+        if v == "fixed":
+            rest = (1 - own) / len(c.router.languages)
+            c.router.fixed_mix = ",".join([f"own:{own}"] + [f"{lang}:{rest:.6f}" for lang in c.router.languages])
+        else:
+            c.router.fixed_mix = f"own:{own},en:{1 - own}"
+        c.router.K_on = 0
+    elif v.startswith("calib_"):
+        c.reward.calibration = v.split("_", 1)[1]
+    elif v == "no_region":
+        c.router.regional_topics = ()
+    elif v == "no_gate":
+        c.reward.gate = "none"
+    elif v == "no_anneal":
+        c.router.tau_decay = c.router.eps_decay = 1.0
+        c.router.tau_min, c.router.eps_min = c.router.tau_init, c.router.eps_init
+    elif v == "reference":
+        c.router.reference_compat = True
+    if a.runlocal:  # same code path, tiny sizes: checks a config end to end on a workstation
+        c.data.prompts_per_step, c.rollout.K, c.rollout.max_new_tokens, c.rl.micro_batch = 2, 4, 16, 8
+        c.total_steps = 2
+    return c
