@@ -139,19 +139,27 @@ def kv_cache_sharding(mesh: Mesh, num_kv_heads: int) -> NamedSharding:
 
 
 def shard_batch(batch, mesh: Mesh):
-    """Places a host batch (pytree of numpy arrays, this process's rows) on the mesh.
+    """Places a host batch (pytree of numpy arrays holding ALL rows) on the mesh, batch-sharded.
 
-    Single process: a plain sharded device_put. Several processes: each contributes its local rows
-    and the global array is assembled without any host ever holding all of it.
+    Every process holds the same global batch (rollouts are all-gathered after sampling), and each
+    device takes its slice through a callback, so the same code serves one process or many.
     """
     def put(x):
         x = np.asarray(x)
         sharding = batch_sharding(mesh, max(x.ndim, 1))
         if jax.process_count() == 1:
             return jax.device_put(x, sharding)
-        return jax.make_array_from_process_local_data(sharding, x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(put, batch)
+
+
+def to_host(tree):
+    """numpy copies of (possibly multi-process, batch-sharded) arrays, identical on every process."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _path_key(path) -> tuple[str, ...]:

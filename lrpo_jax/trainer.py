@@ -164,7 +164,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                           router=jax.device_put(state.router, rep))
     # Donation needs one buffer per leaf: identical zero arrays (Adam moments, router buffers) may
     # share a buffer after jit/constant folding, so give each leaf its own copy once.
-    distinct = lambda t: jax.tree.map(lambda x: jax.device_put(np.array(x), x.sharding), t)  # noqa: E731
+    distinct = lambda t: jax.tree.map(jnp.copy, t)  # noqa: E731  (one dispatch per leaf = one buffer each)
     state = state.replace(opt_state=distinct(state.opt_state), router=distinct(state.router),
                           step=distinct(state.step), rng=distinct(state.rng))
     state_sh = jax.tree.map(lambda x: x.sharding, state)
@@ -242,7 +242,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             with timer("route"):
                 enc = spec.encode([e.topic for e in batch_examples], [list(e.regions) for e in batch_examples],
                                   [e.language for e in batch_examples])
-                langs = np.asarray(route(state.router, enc, k_route, tau, eps))  # [P, K]
+                langs = parallel.to_host(route(state.router, enc, k_route, tau, eps))  # [P, K]
             targets = [languages[i] for i in langs.reshape(-1)]
             rows = [batch_examples[i // K] for i in range(P * K)]
 
@@ -277,7 +277,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 if not ucfg.on_policy:
                     batch["old_logp"] = forward_logp(state.params, batch)
                 state, m = train_step(state, batch)
-                m = jax.device_get(m)
+                m = parallel.to_host(m)
 
             # --- metrics, logs, checkpoints
             step_time = time.perf_counter() - t_step

@@ -97,3 +97,20 @@ def test_every_shipped_config_builds_and_validates():
     with pytest.raises(KeyError, match="unknown config argument 'stepz'"):
         _smoke("stepz=2")
     config_lib.check_keys(_smoke(), config_lib.base_config())
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_process_training_matches_one_process(uninterrupted, tmp_path):
+    """2 JAX processes x 4 CPU devices (gloo) run the smoke config like 1 process x 8 devices."""
+    full_dir, _ = uninterrupted
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LRPO_COORD")}
+    env.update(NPROC="2", DEVICES="4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", sys.executable, "-m", "lrpo_jax.train", "--config",
+                           "configs/smoke.py:steps=3", "--workdir", str(tmp_path)], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    want, got = _metrics(full_dir), _metrics(tmp_path)
+    assert set(got) == {1, 2, 3}
+    for key in ("reward/mean", "compliance/mean", "train/loss", "train/grad_norm"):
+        assert got[1][key] == pytest.approx(want[1][key], rel=1e-5, abs=1e-7), key

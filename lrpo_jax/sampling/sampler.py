@@ -176,7 +176,7 @@ class Sampler:
             tokens, mask = parallel.shard_batch((tokens, mask), self.mesh)
             sampling = parallel.shard_batch(sampling, self.mesh)
         state = self.generate_arrays(params, tokens, mask, key, sampling)
-        out = jax.device_get((state.tokens, state.mask, state.logp, state.logp_raw))
+        out = parallel.to_host((state.tokens, state.mask, state.logp, state.logp_raw))
         toks, msk, lp, lpr = (np.asarray(x)[:rows] for x in out)
         return SampleOutput(toks, msk, lp, lpr, msk.sum(axis=1))
 
