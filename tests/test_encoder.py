@@ -226,3 +226,38 @@ def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="layer_types"):
         EncoderConfig(family="modernbert", vocab_size=1, hidden_size=4, intermediate_size=4, num_layers=2,
                       num_heads=1, layer_types=("global",))
+
+
+def test_batch_planning_helpers_give_the_same_embeddings(tmp_path):
+    """pad_batch / length_batches / pack_batch / micro_batch are layout choices only: every sentence
+    vector equals the one from embedding that sentence alone."""
+    model = _perturb(ModernBertModel(_modernbert_config(attn_implementation="sdpa")))
+    cfg, graphdef, state = _import(model, tmp_path)
+    rng = np.random.default_rng(5)
+    seqs = [list(rng.integers(3, 97, n)) for n in (3, 17, 9, 40, 5, 33, 12, 1)]
+    embed = jax.jit(lambda s, t, m, mb=None: encoder.sentence_embeddings(nnx.merge(graphdef, s), t, m,
+                                                                       micro_batch=mb), static_argnums=3)
+    alone = np.stack([np.asarray(embed(state, *encoder.pad_batch([s], 0)))[0] for s in seqs])
+
+    tokens, mask = encoder.pad_batch(seqs, 0, multiple=16)
+    assert tokens.shape == (8, 48) and mask.sum() == sum(map(len, seqs))
+    np.testing.assert_allclose(np.asarray(embed(state, tokens, mask, 4)), alone, atol=TOL)
+    with pytest.raises(ValueError, match="not a multiple"):
+        embed(state, tokens, mask, 3)
+    with pytest.raises(ValueError, match="sequence 3 has 40 tokens"):
+        encoder.pad_batch(seqs, 0, length=32)
+
+    plan = encoder.length_batches([len(s) for s in seqs], multiple=16, batch_tokens=64)
+    assert sorted(i for idx, _, _ in plan for i in idx) == list(range(8))
+    for idx, rows, length in plan:
+        assert len(idx) <= rows and rows * length <= max(64, length)
+        t, m = encoder.pad_batch([seqs[i] for i in idx] + [[]] * (rows - len(idx)), 0, length=length)
+        np.testing.assert_allclose(np.asarray(embed(state, t, m))[:len(idx)], alone[idx], atol=TOL)
+
+    t, m, place = encoder.pack_batch(seqs, 48, 0, max_segments=3, num_rows=6)
+    assert t.shape == (6, 48) and (m > 0).sum() == sum(map(len, seqs)) and m.max() <= 3
+    packed = jax.jit(lambda s, t, m: encoder.sentence_embeddings(nnx.merge(graphdef, s), t, m, segments=3))
+    out = np.asarray(packed(state, t, m))
+    np.testing.assert_allclose(out[place[:, 0], place[:, 1]], alone, atol=TOL)
+    with pytest.raises(ValueError, match="need .* rows"):
+        encoder.pack_batch(seqs, 48, 0, max_segments=3, num_rows=2)

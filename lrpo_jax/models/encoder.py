@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lrpo_jax.models import attention as attention_lib
@@ -372,14 +373,108 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(norm, eps)
 
 
-def sentence_embeddings(encoder: Encoder, tokens: jax.Array, mask: jax.Array, *, pooling: str = "mean") -> jax.Array:
-    """L2-normalised sentence vectors [B, D] (fp32) with 'mean' (LRPO, e5) or 'cls' pooling."""
-    hidden = encoder(tokens, mask)
-    if pooling == "mean":
-        return l2_normalize(masked_mean_pool(hidden, mask))
-    if pooling == "cls":
-        return l2_normalize(cls_pool(hidden))
-    raise ValueError(f"pooling={pooling!r}; expected 'mean' or 'cls'")
+def sentence_embeddings(encoder: Encoder, tokens: jax.Array, mask: jax.Array, *, pooling: str = "mean",
+                        segments: int | None = None, micro_batch: int | None = None) -> jax.Array:
+    """L2-normalised sentence vectors (fp32): [B, D], or [B, segments, D] for packed rows (mean pooling only).
+
+    pooling: 'mean' (LRPO, e5) or 'cls'. micro_batch: run the rows as B // micro_batch chunks one after
+    another (lax.map). On CPU a chunk's activations then stay in cache instead of streaming through DRAM
+    for every elementwise pass: ~1.3x faster at 64 x 128 tokens with chunks of 4 (bench/encoder.py).
+    """
+    if pooling not in ("mean", "cls"):
+        raise ValueError(f"pooling={pooling!r}; expected 'mean' or 'cls'")
+    if segments is not None and pooling != "mean":
+        raise ValueError("packed rows (segments=...) support pooling='mean' only")
+
+    def embed(t, m):
+        hidden = encoder(t, m)
+        if segments is not None:
+            return l2_normalize(segment_mean_pool(hidden, m, segments))
+        return l2_normalize(masked_mean_pool(hidden, m) if pooling == "mean" else cls_pool(hidden))
+
+    b, t = tokens.shape
+    if micro_batch is None or micro_batch >= b:
+        return embed(tokens, mask)
+    if b % micro_batch:
+        raise ValueError(f"batch of {b} rows is not a multiple of micro_batch={micro_batch}")
+    chunks = (tokens.reshape(b // micro_batch, micro_batch, t), mask.reshape(b // micro_batch, micro_batch, t))
+    out = jax.lax.map(lambda c: embed(*c), chunks)
+    return out.reshape(b, *out.shape[2:])
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, *, length: int | None = None,
+              multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pads token lists to `length` (default: the longest, rounded up to `multiple`).
+    Returns int32 tokens [N, L] and mask [N, L] (1 = real token)."""
+    longest = max((len(s) for s in seqs), default=0)
+    length = length if length is not None else -(-max(longest, 1) // multiple) * multiple
+    if longest > length:
+        i = next(i for i, s in enumerate(seqs) if len(s) > length)
+        raise ValueError(f"sequence {i} has {len(seqs[i])} tokens; length is {length}")
+    tokens = np.full((len(seqs), length), pad_id, np.int32)
+    mask = np.zeros((len(seqs), length), np.int32)
+    for i, s in enumerate(seqs):
+        tokens[i, :len(s)], mask[i, :len(s)] = s, 1
+    return tokens, mask
+
+
+def length_batches(lengths: Sequence[int], *, multiple: int = 32,
+                   batch_tokens: int = 512) -> list[tuple[np.ndarray, int, int]]:
+    """Plans fixed-shape batches for sequences of varied length: sorted by length, each batch padded to
+    a multiple of `multiple` tokens (its longest member) with `max(1, batch_tokens // length)` rows.
+    Returns (indices, rows, length) per batch. Shapes come from a small fixed set (one per padded
+    length), so few programs compile, and attention costs each sequence only its own bucket length.
+    """
+    def rows_for(n: int) -> int:
+        return max(1, batch_tokens // (-(-max(n, 1) // multiple) * multiple))
+
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    batches, i = [], 0
+    while i < len(order):
+        size = rows_for(lengths[order[i]])
+        while size > 1 and rows_for(lengths[order[min(i + size, len(order)) - 1]]) < size:
+            size = rows_for(lengths[order[min(i + size, len(order)) - 1]])
+        idx = order[i:i + size]
+        longest = lengths[idx[-1]]
+        batches.append((idx, rows_for(longest), -(-max(longest, 1) // multiple) * multiple))
+        i += size
+    return batches
+
+
+def pack_batch(seqs: Sequence[Sequence[int]], row_len: int, pad_id: int, *, max_segments: int,
+               num_rows: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Packs token lists into rows of `row_len` tokens (first-fit, longest first) so little compute is
+    spent on padding, at most `max_segments` sequences per row (the `segments` given to
+    `sentence_embeddings`). Returns int32 tokens [R, row_len], mask [R, row_len] (k = k-th sequence of
+    the row, 0 = padding) and place [N, 2]: (row, k - 1) of each input. `num_rows` pads R to a fixed
+    count (fixed shapes, no recompiles); it is an error if the sequences do not fit."""
+    too_long = [i for i, s in enumerate(seqs) if len(s) > row_len]
+    if too_long:
+        raise ValueError(f"sequences {too_long[:5]} are longer than row_len={row_len}")
+    free: list[int] = []                       # tokens left in each row
+    counts: list[int] = []                     # sequences in each row
+    place = np.zeros((len(seqs), 2), np.int32)
+    for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
+        row = next((r for r, f in enumerate(free) if f >= len(seqs[i]) and counts[r] < max_segments), None)
+        if row is None:
+            row = len(free)
+            free.append(row_len)
+            counts.append(0)
+        place[i] = row, counts[row]
+        free[row] -= len(seqs[i])
+        counts[row] += 1
+    rows = len(free) if num_rows is None else num_rows
+    if rows < len(free):
+        raise ValueError(f"{len(seqs)} sequences need {len(free)} rows of {row_len} tokens; num_rows={num_rows}")
+    tokens = np.full((rows, row_len), pad_id, np.int32)
+    mask = np.zeros((rows, row_len), np.int32)
+    fill = [0] * rows
+    for i in np.lexsort((place[:, 1], place[:, 0])):   # each row in segment order
+        (row, k), n = place[i], len(seqs[i])
+        tokens[row, fill[row]:fill[row] + n] = seqs[i]
+        mask[row, fill[row]:fill[row] + n] = k + 1
+        fill[row] += n
+    return tokens, mask, place
 
 
 def e5_inputs(texts: Sequence[str], kind: str = "passage") -> list[str]:
