@@ -110,7 +110,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
     # --- logging and checkpoints ----------------------------------------------------------------
     c.log = ml_collections.ConfigDict()
-    c.log.rollouts_every = 1                 # sample rollouts as TensorBoard text
+    c.log.rollouts_every = 1                 # every rollout to rollouts.jsonl, a sample as TensorBoard text
     c.log.rollouts_shown = 8
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.every = 10

@@ -94,6 +94,31 @@ class MetricWriter:
             self.enabled = False
 
 
+def truncate_jsonl(path: str | os.PathLike, max_step: int, key: str = "step") -> int:
+    """Drops rows with row[key] > max_step (atomic rewrite); returns how many were dropped.
+
+    On resume, logs may hold rows from steps after the restored checkpoint (the crash came between
+    the log write and the save); those steps run again, so their old rows must go.
+    """
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    keep = [line for line in lines if json.loads(line).get(key, 0) <= max_step]
+    if len(keep) < len(lines):
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(keep)
+        os.replace(tmp, path)
+    return len(lines) - len(keep)
+
+
+def append_jsonl(path: str | os.PathLike, rows: Sequence[Mapping]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str = "",
             vmin: float = 0.0, vmax: float | None = None) -> np.ndarray:
     """Renders a labelled heatmap (e.g. router probabilities, topic x language) as uint8 RGB."""

@@ -219,6 +219,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         if lead:
             print(f"resumed from step {int(state.step)} ({ckpt.directory})", flush=True)
     start = int(state.step)
+    if lead:  # rows logged after the restored checkpoint belong to steps that now run again
+        for name in ("tensorboard/metrics.jsonl", "router.jsonl", "rollouts.jsonl"):
+            metrics_lib.truncate_jsonl(workdir / name, start)
 
     # ---------------------------------------------------------------------------------- logging
     writer = metrics_lib.MetricWriter(workdir / "tensorboard", enabled=lead)
@@ -294,6 +297,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                         writer.image(step + 1, f"router/{name}", metrics_lib.heatmap(mat, rws, cols, name))
                 if cfg.log.rollouts_every and (step + 1) % cfg.log.rollouts_every == 0:
                     writer.text(step + 1, "rollouts", rollout_table(rows, targets, texts, res, cfg.log.rollouts_shown))
+                    adv = grpo.group_advantages(jnp.asarray(res.reward.reshape(P, K)), jnp.ones((P, K)),
+                                                norm_by_std=cfg.rl.norm_adv_by_std)
+                    metrics_lib.append_jsonl(workdir / "rollouts.jsonl",
+                                             rollout_records(step + 1, K, rows, targets, texts, res, np.asarray(adv)))
                 writer.flush()
                 bar.set_postfix(reward=f"{summary['scalars']['reward/mean']:.3f}",
                                 comply=f"{summary['scalars']['compliance/mean']:.2f}",
@@ -363,6 +370,17 @@ def step_summary(res, targets, rows, out, m, times, step_time, compiles) -> dict
     compact = {lang: {"reward": round(float(np.mean(d["reward"])), 4), "compliance": round(float(np.mean(d["gate"])), 3),
                       "n": len(d["reward"])} for lang, d in sorted(by_lang.items())}
     return {"scalars": scalars, "by_language": compact}
+
+
+def rollout_records(step, K, rows, targets, texts, res, adv) -> list[dict]:
+    """One JSON row per rollout: what was asked, where it was routed, how it was judged."""
+    c, flat_adv = res.components, adv.reshape(-1)
+    return [{"step": step, "prompt": i // K, "rollout": i % K, "id": ex.id, "topic": ex.topic,
+             "regions": list(ex.regions), "question_language": ex.language, "routed_language": targets[i],
+             "lid_language": res.predicted_language[i], "gate": float(c["gate"][i]),
+             "similarity": float(c["similarity"][i]), "calibrated": float(c["calibrated"][i]),
+             "answer": float(c["answer"][i]), "reward": float(res.reward[i]), "advantage": float(flat_adv[i]),
+             "response": texts[i]} for i, ex in enumerate(rows)]
 
 
 def rollout_table(rows, targets, texts, res, shown: int) -> str:

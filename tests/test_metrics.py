@@ -49,3 +49,11 @@ def test_phase_timer_and_compile_counter():
     assert counter.count == 1
     f(a4)
     assert counter.count == 2
+
+
+def test_truncate_jsonl_drops_rows_after_the_restored_step(tmp_path):
+    path = tmp_path / "log.jsonl"
+    metrics.append_jsonl(path, [{"step": s, "x": s * 10} for s in (1, 2, 3, 2, 4)])
+    assert metrics.truncate_jsonl(path, 2) == 2
+    assert [json.loads(x)["x"] for x in path.read_text().splitlines()] == [10, 20, 20]
+    assert metrics.truncate_jsonl(tmp_path / "missing.jsonl", 2) == 0

@@ -23,6 +23,10 @@ def _smoke(arg=""):
     return mod.get_config(arg)
 
 
+def _rollouts(workdir):
+    return [json.loads(x) for x in (pathlib.Path(workdir) / "rollouts.jsonl").read_text().splitlines()]
+
+
 def _metrics(workdir):
     rows = [json.loads(x) for x in (pathlib.Path(workdir) / "tensorboard" / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r for r in rows}
@@ -46,6 +50,15 @@ def test_smoke_run_writes_checkpoints_logs_and_router_jsonl(uninterrupted):
     assert "reward/lang/de" in rows[1] or "reward/lang/ja" in rows[1]
     assert int(out["state"].router.updates) == 1  # update_every=2 over 3 steps
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    rollouts = _rollouts(workdir)
+    assert len(rollouts) == 3 * 2 * 4 and {r["step"] for r in rollouts} == {1, 2, 3}  # steps x P x K
+    for step in (1, 2, 3):
+        for p in (0, 1):
+            group = [r for r in rollouts if r["step"] == step and r["prompt"] == p]
+            rewards = np.array([r["reward"] for r in group])
+            adv = (rewards - rewards.mean()) / (rewards.std(ddof=1) + 1e-6)  # verl GRPO, unbiased std
+            np.testing.assert_allclose([r["advantage"] for r in group], adv, atol=1e-5)
+            assert len({r["question_language"] for r in group}) == 1
 
 
 def test_exact_resume_after_sigkill(uninterrupted, tmp_path):
@@ -64,6 +77,7 @@ def test_exact_resume_after_sigkill(uninterrupted, tmp_path):
     for step in (1, 2, 3):
         for key in ("reward/mean", "compliance/mean", "train/loss", "train/grad_norm"):
             assert got[step][key] == want[step][key], (step, key)
+    assert _rollouts(tmp_path) == _rollouts(full_dir)  # same routes, responses, rewards, advantages
 
 
 @pytest.mark.parametrize("override,message", [

@@ -132,7 +132,7 @@ def make_update(logp_fn: LogpFn, optimizer: optax.GradientTransformation, cfg: U
             for i in range(cfg.mini_batches):
                 mini = jax.tree.map(lambda x: x[i * size:(i + 1) * size], batch)
                 loss, grads, sums = grads_over_micro(params, mini)
-                gnorm = optax.global_norm(grads)
+                gnorm = optax.tree.norm(grads)
                 ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
                 updates, new_opt = optimizer.update(grads, opt_state, params)
                 new_params = optax.apply_updates(params, updates)
