@@ -154,6 +154,19 @@ def shard_batch(batch, mesh: Mesh):
     return jax.tree.map(put, batch)
 
 
+def shard_local_batch(batch, mesh: Mesh):
+    """Like `shard_batch`, for per-host input pipelines: each process passes only ITS rows (process
+    i holds global rows [i*n, (i+1)*n)), and no host ever holds the whole batch."""
+    def put(x):
+        x = np.asarray(x)
+        sharding = batch_sharding(mesh, max(x.ndim, 1))
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(put, batch)
+
+
 def to_host(tree):
     """numpy copies of (possibly multi-process, batch-sharded) arrays, identical on every process."""
     if jax.process_count() == 1:

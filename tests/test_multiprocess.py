@@ -27,8 +27,10 @@ def test_sharded_loss_and_grad_two_processes_match_one(tmp_path):
     multi, single = np.load(tmp_path / "multi.npz"), np.load(tmp_path / "single.npz")
     assert int(multi["processes"]) == 2 and int(single["processes"]) == 1
     assert int(multi["devices"]) == int(single["devices"]) == 4
-    grads = [k for k in single.files if k not in ("loss", "processes", "devices")]
-    assert grads and set(grads) == set(multi.files) - {"loss", "processes", "devices"}
+    meta = ("loss", "loss_local", "processes", "devices")
+    grads = [k for k in single.files if k not in meta]
+    assert grads and set(grads) == set(multi.files) - set(meta)
     np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-6)
+    np.testing.assert_allclose(multi["loss_local"], single["loss"], rtol=1e-6)
     for k in grads:
         np.testing.assert_allclose(multi[k], single[k], rtol=1e-5, atol=1e-7, err_msg=k)

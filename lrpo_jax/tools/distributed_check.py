@@ -1,7 +1,9 @@
 """Sharded loss+grad across processes: `python -m lrpo_jax.tools.distributed_check --out F.npz`.
 
 Run it once per process under any launcher (launch/local_multiprocess.sh, srun, TPU VM
---worker=all); each process feeds only its own rows and process 0 writes the loss and gradient.
+--worker=all); the batch goes in both ways the code base uses (every process holding the global
+batch, as the trainer does after gathering rollouts; and each process feeding only its own rows),
+and process 0 writes both losses and the gradient.
 Run alone, it computes the same thing on one process: the two results must agree, which is what
 tests/test_multiprocess.py checks. It exercises exactly the pieces the trainer relies on: mesh over
 all hosts' devices, parameter shardings from logical names, process-local batch assembly, and
@@ -58,16 +60,18 @@ def main(argv=None):
     mask = (rng.random((args.rows, 12)) > 0.2).astype(np.float32)
     per = args.rows // jax.process_count()
     lo = jax.process_index() * per
-    batch = parallel.shard_batch((tokens[lo:lo + per], mask[lo:lo + per]), mesh)
+    local = parallel.shard_local_batch((tokens[lo:lo + per], mask[lo:lo + per]), mesh)
+    batch = parallel.shard_batch((tokens, mask), mesh)
 
     step = jax.jit(jax.value_and_grad(loss_fn), static_argnums=1,
                    out_shardings=(parallel.replicated(mesh), shardings))
     loss, grads = step(params, graphdef, *batch)
+    loss_local, _ = step(params, graphdef, *local)
     # Gather to every host (grads are sharded across processes), then process 0 writes.
     full = jax.jit(lambda g: g, out_shardings=parallel.replicated(mesh))(grads)
     flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(full)}
     if jax.process_index() == 0:
-        np.savez(args.out, loss=np.asarray(loss), processes=jax.process_count(),
+        np.savez(args.out, loss=np.asarray(loss), loss_local=np.asarray(loss_local), processes=jax.process_count(),
                  devices=jax.device_count(), **flat)
 
 
