@@ -12,7 +12,7 @@ from lrpo_jax import config_lib
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, steps=3, K=4, prompts=2)
+    a = config_lib.parse_arg(arg, steps=3, K=4, prompts=2, online=0.0)
     c = config_lib.base_config()
     c.total_steps = a.steps
     c.policy.source = "shipped:qwen25_tokenizer"
@@ -31,6 +31,7 @@ def get_config(arg=None):
     c.router.update_every = 2
     c.reward.table_items = 6
     c.reward.length_buckets = (32, 128, 512)
+    c.reward.online_rate = a.online
     c.rl.micro_batch = a.K * a.prompts
     c.optim.lr = 1e-3
     c.ckpt.every = 1

@@ -91,9 +91,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     if missing:
         raise ValueError(f"config.data.languages {missing} are not router arms (config.router.languages)")
     prompts_lib.check_languages(cfg.router.languages, cfg.prompt.mode)
-    if cfg.reward.online_rate:
-        raise ValueError("config.reward.online_rate > 0 is not wired into the trainer yet (the pure update exists: "
-                         "rewards.calibration.online_update); set it to 0")
+    if not 0 <= cfg.reward.online_rate <= 1:
+        raise ValueError(f"config.reward.online_rate={cfg.reward.online_rate} must be within [0, 1]")
+    if cfg.reward.online_rate and cfg.reward.calibration != "mean":
+        raise ValueError(f"config.reward.online_rate > 0 adapts pair means, so it needs config.reward.calibration="
+                         f"'mean' (got {cfg.reward.calibration!r})")
 
 
 # ==================================================================================================
@@ -216,6 +218,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         state, extra = ckpt.restore(checkpoint.abstract_like(state))
         data.restore(extra["data"])
         history = extra.get("history", history)
+        if "calibration_mean" in extra:  # online calibration state lives beside the data position
+            rewards.table = rewards.table.replace(mean=jnp.asarray(extra["calibration_mean"], jnp.float32))
         if lead:
             print(f"resumed from step {int(state.step)} ({ckpt.directory})", flush=True)
     start = int(state.step)
@@ -267,6 +271,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     rewards.refs._cache.clear()  # per-step: rewards must not depend on cache history (exact resume)
                 res = rewards.score(texts, targets, [e.id for e in rows], [e.answer for e in rows],
                                     [e.language for e in rows], [e.numeric_answer for e in rows])
+                rewards.adapt(res, [e.language for e in rows], targets, cfg.reward.online_rate)
 
             # --- update (device: GRPO + KL, router observe/EMA inside the same jitted step)
             with timer("update"):
@@ -308,7 +313,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 bar.update(1)
             done = step + 1 == cfg.total_steps
             if ckpt.should_save(step + 1) or done or stop.requested:
-                ckpt.save(step + 1, state, {"data": data.state(), "history": history})
+                extra = {"data": data.state(), "history": history}
+                if cfg.reward.online_rate:
+                    extra["calibration_mean"] = np.asarray(rewards.table.mean).tolist()
+                ckpt.save(step + 1, state, extra)
                 if kill_at and step + 1 == kill_at:
                     ckpt.wait()
                     os.kill(os.getpid(), 9)

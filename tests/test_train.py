@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from lrpo_jax import config_lib, trainer
+from lrpo_jax import checkpoint, config_lib, trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def _metrics(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("full")
-    return workdir, trainer.train(_smoke("steps=3"), str(workdir))
+    return workdir, trainer.train(_smoke("steps=3,online=0.5"), str(workdir))
 
 
 def test_smoke_run_writes_checkpoints_logs_and_router_jsonl(uninterrupted):
@@ -50,6 +50,10 @@ def test_smoke_run_writes_checkpoints_logs_and_router_jsonl(uninterrupted):
     assert "reward/lang/de" in rows[1] or "reward/lang/ja" in rows[1]
     assert int(out["state"].router.updates) == 1  # update_every=2 over 3 steps
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
+    _, extra = ckpt.restore(checkpoint.abstract_like(out["state"]))
+    ckpt.close()
+    assert np.asarray(extra["calibration_mean"]).shape == (4, 4)  # online calibration state is checkpointed
     rollouts = _rollouts(workdir)
     assert len(rollouts) == 3 * 2 * 4 and {r["step"] for r in rollouts} == {1, 2, 3}  # steps x P x K
     for step in (1, 2, 3):
@@ -66,11 +70,11 @@ def test_exact_resume_after_sigkill(uninterrupted, tmp_path):
     router state and per-step metrics."""
     full_dir, full = uninterrupted
     env = {**os.environ, "LRPO_TEST_SIGKILL_AT_STEP": "1"}
-    proc = subprocess.run([sys.executable, "-m", "lrpo_jax.train", "--config", str(REPO / "configs" / "smoke.py") + ":steps=3",
+    proc = subprocess.run([sys.executable, "-m", "lrpo_jax.train", "--config", str(REPO / "configs" / "smoke.py") + ":steps=3,online=0.5",
                            "--workdir", str(tmp_path)], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
-    resumed = trainer.train(_smoke("steps=3"), str(tmp_path))
+    resumed = trainer.train(_smoke("steps=3,online=0.5"), str(tmp_path))
     for a, b in zip(jax.tree.leaves(full["state"]), jax.tree.leaves(resumed["state"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     want, got = _metrics(full_dir), _metrics(tmp_path)

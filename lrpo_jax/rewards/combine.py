@@ -88,3 +88,17 @@ class RewardModel:
         reward = np.where(empty, 0.0, reward).astype(np.float32)
         return RewardResult(reward=reward, predicted_language=predicted, reasons=reasons,
                             components={"similarity": sim, "calibrated": calibrated, "gate": gate, "answer": answer})
+
+    def adapt(self, result: RewardResult, ref_langs: Sequence[str], targets: Sequence[str], rate: float) -> None:
+        """Online calibration: moves each (reference, response) pair mean towards this batch's raw
+        similarities of gate-passing, non-empty rollouts (`calibration.online_update`, rate `rate`).
+        Only rollouts in the requested language count: off-language text says nothing about how
+        similar a correct answer in that language scores."""
+        if self.table is None or not rate:
+            return
+        sim, gate = result.components["similarity"], result.components["gate"]
+        weight = (gate > 0) & np.isfinite(sim)  # empty or code-only text never passes the gate
+        a = self.table.lang_ids(ref_langs, "reference language")
+        b = self.table.lang_ids(targets, "response language")
+        self.table = calib_lib.online_update(self.table, jnp.asarray(sim), jnp.asarray(a), jnp.asarray(b),
+                                             jnp.asarray(weight), rate)
