@@ -1,0 +1,40 @@
+"""Benchmark plumbing: the JSON line format, and that the fast benchmarks compare equal computations."""
+import json
+
+import pytest
+
+from lrpo_jax.bench import __main__ as bench_main
+from lrpo_jax.bench import calibration, common, step
+
+
+def _lines(capsys):
+    return [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.strip()]
+
+
+def test_emit_ratio_direction(capsys):
+    common.emit("x", 10.0, 5.0, "items/s")
+    common.emit("y", 2.0, 8.0, "us", higher_is_better=False)
+    x, y = _lines(capsys)
+    assert set(x) >= {"name", "ours", "peer", "unit", "ratio"}
+    assert x["ratio"] == 2.0 and y["ratio"] == 4.0
+
+
+def test_calibration_bench_matches_the_reference_loops(capsys):
+    calibration.main(["--samples", "4096", "--iters", "1"])
+    lines = {rec["name"]: rec for rec in _lines(capsys)}
+    assert set(lines) == {"calibration/quantile_4096", "calibration/mean_4096"}
+    for rec in lines.values():
+        assert rec["max_abs_diff"] < 1e-5 and rec["ours"] > 0 and rec["peer"] > 0
+
+
+def test_step_summary_host_fraction_and_recompiles():
+    rows = [{"step": s, "compiles": c, "time/step": 10.0, "time/sample": 4.0, "time/update": 4.0, "time/reward": 1.0}
+            for s, c in ((1, 20), (2, 21), (3, 21), (4, 22))]
+    out = step.summarize(rows)
+    assert out["host_fraction"] == pytest.approx(0.2)
+    assert out["new_compiles"] == 1 and out["no_recompile"] == 0.5
+
+
+def test_every_benchmark_is_listed_and_unknown_names_fail(capsys):
+    assert {"calibration", "encoder", "forward", "reward", "router", "step"} <= set(bench_main.available())
+    assert bench_main.main(["nope"]) == 2
