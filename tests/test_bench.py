@@ -36,5 +36,5 @@ def test_step_summary_host_fraction_and_recompiles():
 
 
 def test_every_benchmark_is_listed_and_unknown_names_fail(capsys):
-    assert {"calibration", "encoder", "forward", "reward", "router", "step"} <= set(bench_main.available())
+    assert {"calibration", "encoder", "forward", "reward", "router", "sampler", "step"} <= set(bench_main.available())
     assert bench_main.main(["nope"]) == 2

@@ -1,0 +1,83 @@
+"""Rollout generation throughput: our jitted KV-cache sampler vs transformers PyTorch `generate`.
+
+    python -m lrpo_jax.bench sampler [--models gemma3_270m,smollm2_135m] [--batches 1,8,32] [--iters 2]
+
+Lines (stdout, JSON), one per (model, batch):
+  sampler/<model>_b<B>  generated tokens/s: prompt of 32 tokens, exactly 64 new tokens per row
+                        (no EOS stop on either side), temperature 1.0, top-k off, top-p 1, fp32 on
+                        all CPU cores, same HF folder on both sides.
+Context on stderr: compile seconds, time to first token (prefill), peak RSS.
+KV cache size: 2 (k, v) x layers x batch x (prompt bucket + new tokens) x kv_heads x head_dim x 4 bytes
+(fp32); Gemma-3-270M at batch 32: 2 x 18 x 32 x 96 x 1 x 256 x 4 B = 113 MB.
+The Tunix peer named in the issue is not run by this version: it needs its own venv
+(google-tunix 0.1.7 and its dependencies), which this benchmark does not build yet.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+
+import jax
+import numpy as np
+
+from lrpo_jax.bench import common
+from lrpo_jax.models import hf_import, shipped
+from lrpo_jax.sampling.processing import SamplingParams
+from lrpo_jax.sampling.sampler import Sampler, SamplerSpec
+
+PROMPT, NEW = 32, 64
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_model(name: str, batches: list[int], iters: int, torch) -> None:
+    from transformers import AutoModelForCausalLM
+    folder = {"gemma3_270m": shipped.gemma3_270m_dir, "smollm2_135m": shipped.smollm2_135m_dir}[name]()
+    cfg, params = hf_import.load_decoder(folder)
+    graphdef, _ = hf_import.abstract_decoder(cfg)
+    sampler = Sampler(graphdef, cfg, SamplerSpec(max_new_tokens=NEW, eos_ids=(), pad_id=cfg.pad_token_id,
+                                                 prompt_buckets=(PROMPT,), batch_buckets=tuple(batches)))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    rng = np.random.default_rng(0)
+    for b in batches:
+        prompts = rng.integers(10, min(cfg.vocab_size, 30000), (b, PROMPT)).astype(np.int32)
+        mask = np.ones((b, PROMPT), np.int32)
+        sp = SamplingParams.make(b, 1.0, 0, 1.0)
+        key = jax.random.key(0)
+        t0 = time.perf_counter()
+        out = sampler.generate(params, prompts, key, sp, prompt_mask=mask)
+        first = time.perf_counter() - t0
+        assert int(out.lengths.min()) == NEW, out.lengths
+        ours = common.timeit(lambda: sampler.generate(params, prompts, key, sp, prompt_mask=mask).tokens,
+                             warmup=0, iters=iters)
+        ttft = common.timeit(lambda: sampler._prefill(params, prompts, mask, key, sp).tokens, warmup=1, iters=iters)
+        ids = torch.tensor(prompts, dtype=torch.long)
+
+        def peer():
+            with torch.inference_mode():
+                return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
+                                      top_k=0, top_p=1.0, min_new_tokens=NEW, max_new_tokens=NEW,
+                                      pad_token_id=cfg.pad_token_id)
+
+        peer_s = common.timeit(peer, warmup=1, iters=iters)
+        common.note(bench=f"sampler/{name}_b{b}", compile_seconds=round(max(first - ours, 0), 2),
+                    time_to_first_token_s=round(ttft, 3), peak_rss_mb=round(_rss_mb(), 1))
+        common.emit(f"sampler/{name}_b{b}", b * NEW / ours, b * NEW / peer_s, "tokens/s", batch=b,
+                    prompt=PROMPT, new_tokens=NEW, peer_name="transformers")
+
+
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m lrpo_jax.bench sampler", description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="gemma3_270m,smollm2_135m")
+    p.add_argument("--batches", default="1,8,32")
+    p.add_argument("--iters", type=int, default=2)
+    args = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    common.note(**common.machine(), torch=torch.__version__)
+    for name in args.models.split(","):
+        run_model(name, [int(b) for b in args.batches.split(",")], args.iters, torch)
