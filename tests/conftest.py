@@ -20,3 +20,17 @@ def mgsm_dir() -> pathlib.Path:
     if not d.is_dir():
         pytest.skip(f"shared MGSM data not found at {d}")
     return d
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One 3-step smoke training run (online calibration on) shared by the tests that read a workdir
+    (trainer, evaluate, colabs): training it once keeps the default suite fast."""
+    import importlib.util
+
+    from lrpo_jax import trainer
+    spec = importlib.util.spec_from_file_location("smoke_cfg_shared", REPO / "configs" / "smoke.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    workdir = tmp_path_factory.mktemp("smoke_run")
+    return workdir, trainer.train(mod.get_config("steps=3,online=0.5"), str(workdir))

@@ -33,9 +33,8 @@ def _metrics(workdir):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("full")
-    return workdir, trainer.train(_smoke("steps=3,online=0.5"), str(workdir))
+def uninterrupted(smoke_run):
+    return smoke_run  # conftest: smoke config, steps=3, online=0.5
 
 
 def test_smoke_run_writes_checkpoints_logs_and_router_jsonl(uninterrupted):
@@ -107,6 +106,15 @@ def test_every_shipped_config_builds_and_validates():
         spec.loader.exec_module(mod)
         if not hasattr(mod, "get_config") or path.name in ("router_sim.py", "calibrate.py"):
             continue  # shared modules and non-training configs
+        if path.name == "evaluate.py":
+            from lrpo_jax import evaluate
+            evaluate.validate(mod.get_config())
+            continue
+        if path.name == "warmstart.py":
+            cfg = mod.get_config()
+            config_lib.check_keys(cfg, mod.get_config())
+            assert cfg.warmstart.batch_size % cfg.warmstart.micro_batch == 0
+            continue
         for variant in getattr(mod, "VARIANTS", (None,)):
             cfg = mod.get_config(variant)
             trainer.validate(cfg, num_devices=1)
