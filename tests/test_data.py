@@ -83,8 +83,21 @@ def test_gsm_symbolic_items_are_parallel():
         sources.gsm_symbolic_rows(["xx"])
 
 
-@pytest.mark.parametrize("text,value", [("#### 1,234", 1234.0), ("#### 1.234,5", 1234.5), ("#### 0,3", 0.3),
-                                        ("#### 18", 18.0), ("no final", None), ("42", 42.0)])
+# One table for both parsers: reference answers (sources.numeric) and responses (verifiable).
+NUMBERS = [("1,234", 1234.0), ("1.234", 1234.0), ("1.234,5", 1234.5), ("1,234.5", 1234.5), ("0,3", 0.3),
+           ("0.3", 0.3), ("18", 18.0), ("-5", -5.0), ("1 234", 1234.0), ("١٢", 12.0), ("２０", 20.0)]
+
+
+@pytest.mark.parametrize("token,value", NUMBERS)
+def test_reference_and_response_numbers_follow_one_rule(token, value):
+    from lrpo_jax.rewards import verifiable
+    assert sources.numeric(f"solution text\n#### {token}") == value
+    assert sources.numeric(token) == value  # MGSM TSV answers are bare numbers
+    assert verifiable.parse_number(token) == value
+    assert verifiable.extract_number(f"The answer is {token}.")[0] == value
+
+
+@pytest.mark.parametrize("text,value", [("#### $18", 18.0), ("no final", None), ("42 apples", None), ("", None)])
 def test_numeric_answers(text, value):
     assert sources.numeric(text) == value
 

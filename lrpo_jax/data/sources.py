@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 
 from lrpo_jax import vocab as vocab_lib
 from lrpo_jax.data import schema
+from lrpo_jax.rewards import verifiable
 
 # A synthetic "home region" per language for sources without region labels (documented as such):
 # it lets the demo exercise the region matrix B with a plausible structure.
@@ -34,24 +35,19 @@ _FINAL = re.compile(r"####\s*(.+?)\s*$", re.S)
 
 
 def numeric(text: str) -> float | None:
-    """The number after '####' (GSM style), tolerant of thousands separators and decimal commas."""
+    """The number after '####' (GSM style), or the whole text if it is one number (MGSM TSVs).
+
+    Parsing is `verifiable.parse_number`, the rule responses are scored with, so "1.234" or "0,3"
+    mean the same in a reference answer and in a policy's answer. "$18" after '####' reads as 18.
+    """
     m = _FINAL.search(text)
     if not m:
-        try:
-            return float(text.replace(",", "").strip())
-        except ValueError:
-            return None
-    raw = m.group(1).strip().replace(" ", "").replace("\u202f", "")
-    if re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?", raw):
-        raw = raw.replace(",", "")
-    elif re.fullmatch(r"-?\d{1,3}(\.\d{3})+(,\d+)?", raw):
-        raw = raw.replace(".", "").replace(",", ".")
-    else:
-        raw = raw.replace(",", ".")
-    try:
-        return float(raw)
-    except ValueError:
-        return None
+        return verifiable.parse_number(text)
+    part = m.group(1).strip()
+    value = verifiable.parse_number(part)
+    if value is None:  # units or currency around the number: the one number inside
+        value, _ = verifiable.extract_number(part)
+    return value
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict]:

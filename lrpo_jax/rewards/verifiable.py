@@ -34,6 +34,14 @@ def _to_float(token: str) -> float | None:
         return None
 
 
+def parse_number(text: str) -> float | None:
+    """The value of a text that is exactly one number (any script's digits, either separator
+    convention), else None. Data loaders read reference answers with this, so references and
+    responses follow one rule."""
+    t = str(text).translate(_TRANSLATE).strip()
+    return _to_float(t) if _NUMBER.fullmatch(t) else None
+
+
 def extract_number(text: str) -> tuple[float | None, str]:
     """(value, how): how is 'boxed', 'last_number' or 'none'."""
     text = str(text).translate(_TRANSLATE)
