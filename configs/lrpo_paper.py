@@ -1,6 +1,11 @@
 """Shared settings of the paper runs (lrpo_reference.md §4) and their variants; imported by the
 per-model configs (lrpo_qwen2_5_1_5b.py, lrpo_llama3_2_1b.py, lrpo_gemma3_4b.py).
 
+256 prompts x 8 rollouts per step, 1 Adam step (on-policy), lr 1e-6, k3 KL 0.001, bf16 compute with
+fp32 master weights, FSDP over all devices; ~64 steps (4 epochs of the paper's 4,396 prompts).
+Add ',runlocal' for a 2-step tiny-batch check of the same code path. The model folder is a local Hugging Face checkpoint (nothing is
+downloaded); the data is the reference's verl parquet schema.
+
 Variants (`:variant=NAME`):
   lrpo            the method (router + mean calibration + LID gate)
   grpo            monolingual GRPO baseline: every rollout in the question's language

@@ -4,11 +4,7 @@
     python -m lrpo_jax.train --config configs/lrpo_qwen2_5_1_5b.py:variant=grpo,model_dir=...,data=... --workdir runs/lrpo_qwen2_5_1_5b_grpo
     bash launch/slurm_gpu.sbatch configs/lrpo_qwen2_5_1_5b.py:model_dir=...,data=... /shared/runs/lrpo_qwen2_5_1_5b     # 8 GPUs
 
-256 prompts x 8 rollouts per step, 1 Adam step (on-policy), lr 1e-6, k3 KL 0.001, bf16 compute with
-fp32 master weights, FSDP over all devices; ~64 steps (4 epochs of the paper's 4,396 prompts).
-Variants and ablations: see configs/lrpo_paper.py (VARIANTS). Add ',runlocal' for a 2-step tiny-batch
-check of the same code path. The model folder is a local Hugging Face checkpoint (nothing is
-downloaded); the data is the reference's verl parquet schema.
+Shared settings (batch, optimiser, precision, data), variants and ',runlocal': configs/lrpo_paper.py.
 """
 from lrpo_jax import config_lib
 

@@ -110,6 +110,9 @@ def test_every_shipped_config_builds_and_validates():
             from lrpo_jax import evaluate
             evaluate.validate(mod.get_config())
             continue
+        if path.name == "sample.py":
+            config_lib.check_keys(mod.get_config("lang=de+ja"), mod.get_config())
+            continue
         if path.name == "warmstart.py":
             cfg = mod.get_config()
             config_lib.check_keys(cfg, mod.get_config())
