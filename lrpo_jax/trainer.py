@@ -238,6 +238,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         bar = tqdm(total=cfg.total_steps, initial=start, desc="LRPO", unit="step", dynamic_ncols=True)
 
     # ---------------------------------------------------------------------------------- loop
+    seen_buckets, seen_encoder_programs = set(), 0
     with checkpoint.StopRequest() as stop:
         for step in range(start, cfg.total_steps):
             t_step = time.perf_counter()
@@ -290,6 +291,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             # --- metrics, logs, checkpoints
             step_time = time.perf_counter() - t_step
             summary = step_summary(res, targets, rows, out, m, timer.pop(), step_time, compiles.count)
+            # Bucketed shapes: a step may compile once for a prompt or encoder bucket it is the first to
+            # use (bounded by the bucket count); any other compilation after warm-up is a bug.
+            enc_programs = similarity.num_compiles() if similarity is not None else 0
+            new_bucket = length not in seen_buckets or enc_programs > seen_encoder_programs
+            seen_buckets.add(length)
+            seen_encoder_programs = enc_programs
+            summary["scalars"].update({"shape/prompt_bucket": length, "shape/new_bucket": float(new_bucket)})
             history["last"] = summary["by_language"]
             if history["first"] is None:
                 history["first"] = summary["by_language"]

@@ -33,6 +33,11 @@ def test_step_summary_host_fraction_and_recompiles():
     out = step.summarize(rows)
     assert out["host_fraction"] == pytest.approx(0.2)
     assert out["new_compiles"] == 1 and out["no_recompile"] == 0.5
+    rows[3]["shape/new_bucket"] = 1.0  # step 4 was the first to use a bucket: its compile is expected
+    out = step.summarize(rows)
+    assert out["no_recompile"] == 1.0 and out["steps_judged"] == 1 and out["new_bucket_steps"] == [4]
+    rows[2]["compiles"] = 22  # ... but a compile on a step with known shapes still counts
+    assert step.summarize(rows)["no_recompile"] == 0.0
 
 
 def test_every_benchmark_is_listed_and_unknown_names_fail(capsys):

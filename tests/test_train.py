@@ -46,6 +46,7 @@ def test_smoke_run_writes_checkpoints_logs_and_router_jsonl(uninterrupted):
     assert "topic:Reasoning / Logic" in records[-1]["probs"]
     rows = _metrics(workdir)
     assert set(rows) == {1, 2, 3} and rows[3]["compiles"] == rows[2]["compiles"]  # no recompiles after warm-up
+    assert rows[1]["shape/new_bucket"] == 1.0 and "shape/prompt_bucket" in rows[3]
     assert "reward/lang/de" in rows[1] or "reward/lang/ja" in rows[1]
     assert int(out["state"].router.updates) == 1  # update_every=2 over 3 steps
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))

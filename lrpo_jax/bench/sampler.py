@@ -1,6 +1,7 @@
 """Rollout generation throughput: our jitted KV-cache sampler vs transformers PyTorch `generate`.
 
-    python -m lrpo_jax.bench sampler [--models gemma3_270m,smollm2_135m] [--batches 1,8,32] [--iters 2]
+    python -m lrpo_jax.bench sampler [--models gemma3_270m,smollm2_135m|none] [--batches 1,8,32] [--iters 2]
+    python -m lrpo_jax.bench sampler --tunix build     # + the Tunix peer (builds its venv once)
 
 Lines (stdout, JSON), one per (model, batch):
   sampler/<model>_b<B>  generated tokens/s: prompt of 32 tokens, exactly 64 new tokens per row
@@ -9,14 +10,22 @@ Lines (stdout, JSON), one per (model, batch):
 Context on stderr: compile seconds, time to first token (prefill), peak RSS.
 KV cache size: 2 (k, v) x layers x batch x (prompt bucket + new tokens) x kv_heads x head_dim x 4 bytes
 (fp32); Gemma-3-270M at batch 32: 2 x 18 x 32 x 96 x 1 x 256 x 4 B = 113 MB.
-The Tunix peer named in the issue is not run by this version: it needs its own venv
-(google-tunix 0.1.7 and its dependencies), which this benchmark does not build yet.
+Tunix peer (Gemma-3-270M only): `sampler/gemma3_270m_b<B>_vs_tunix` lines time google-tunix 0.1.7's
+`Sampler` on the same folder and prompt ids in its own venv (`--tunix_python`, or built once under
+$LRPO_CACHE/tunix-venv with `--tunix build`; Tunix pins its own dependency set), as a subprocess
+running lrpo_jax/bench/tunix_peer.py. Tunix samples at temperature 1 only in its top-p mode, so its
+side sorts the vocabulary each step (top-p 1.0); ours skips the sort when no row filters. Both
+sides' greedy tokens on one probe prompt are compared first (`greedy_agree` on stderr).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import pathlib
 import resource
+import subprocess
+import sys
 import time
 
 import jax
@@ -70,12 +79,74 @@ def run_model(name: str, batches: list[int], iters: int, torch) -> None:
                     prompt=PROMPT, new_tokens=NEW, peer_name="transformers")
 
 
+TUNIX_PINS = ("google-tunix==0.1.7", "jax==0.10.2", "jaxlib==0.10.2", "flax==0.12.8")
+
+
+def tunix_python(spec: str) -> str | None:
+    """'off' -> None; a path -> that interpreter; 'build' -> the cached venv, created on first use."""
+    if spec == "off":
+        return None
+    if spec != "build":
+        return spec
+    venv = shipped.cache_root() / "tunix-venv"
+    py = venv / "bin" / "python"
+    if not py.exists():
+        common.note(building_tunix_venv=str(venv), pins=list(TUNIX_PINS))
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", *TUNIX_PINS], check=True)
+    return str(py)
+
+
+def run_tunix(python: str, batches: list[int], iters: int) -> None:
+    folder = shipped.gemma3_270m_dir()
+    script = pathlib.Path(__file__).with_name("tunix_peer.py")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    proc = subprocess.run([python, str(script), "--folder", str(folder), "--batches", ",".join(map(str, batches)),
+                           "--prompt", str(PROMPT), "--new", str(NEW), "--iters", str(iters)],
+                          capture_output=True, text=True, env=env, cwd="/", timeout=3600)
+    if proc.returncode:
+        raise RuntimeError(f"Tunix peer failed:\n{proc.stderr[-3000:]}")
+    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    probe = lines[0]
+    cfg, params = hf_import.load_decoder(folder)
+    graphdef, _ = hf_import.abstract_decoder(cfg)
+    greedy = Sampler(graphdef, cfg, SamplerSpec(max_new_tokens=16, eos_ids=(), pad_id=cfg.pad_token_id,
+                                                prompt_buckets=(PROMPT,), batch_buckets=(1,)))
+    ids = np.asarray([probe["probe_prompt"]], np.int32)
+    ours_tok = greedy.generate(params, ids, jax.random.key(0), SamplingParams.make(1, 0.0),
+                               prompt_mask=np.ones_like(ids)).tokens[0].tolist()
+    agree = sum(a == b for a, b in zip(ours_tok, probe["greedy_tokens"])) / 16
+    common.note(bench="sampler/tunix", greedy_agree=agree)
+    sampler = Sampler(graphdef, cfg, SamplerSpec(max_new_tokens=NEW, eos_ids=(), pad_id=cfg.pad_token_id,
+                                                 prompt_buckets=(PROMPT,), batch_buckets=tuple(batches)))
+    rng = np.random.default_rng(0)
+    rng.integers(10, 30000, PROMPT)  # the probe draw: keep the same stream as the peer
+    for rec in lines[1:]:
+        b = rec["batch"]
+        prompts = rng.integers(10, 30000, (b, PROMPT)).astype(np.int32)
+        mask = np.ones((b, PROMPT), np.int32)
+        sp = SamplingParams.make(b, 1.0, 0, 1.0)
+        sampler.generate(params, prompts, jax.random.key(0), sp, prompt_mask=mask)  # compile
+        ours = common.timeit(lambda: sampler.generate(params, prompts, jax.random.key(0), sp, prompt_mask=mask).tokens,
+                             warmup=0, iters=iters)
+        common.note(bench=f"sampler/gemma3_270m_b{b}_vs_tunix", tunix_first_call_s=round(rec["first_call_s"], 2),
+                    tunix_new_token_lengths=rec["new_token_lengths"])
+        common.emit(f"sampler/gemma3_270m_b{b}_vs_tunix", b * NEW / ours, rec["tokens_per_s"], "tokens/s", batch=b,
+                    prompt=PROMPT, new_tokens=NEW, peer_name="tunix 0.1.7", greedy_agree=agree)
+
+
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(prog="python -m lrpo_jax.bench sampler", description=__doc__.split("\n")[0])
     p.add_argument("--models", default="gemma3_270m,smollm2_135m")
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--iters", type=int, default=2)
+    p.add_argument("--tunix", default="off", help="off | build (venv under $LRPO_CACHE) | path to a python with tunix")
     args = p.parse_args(argv)
+    py = tunix_python(args.tunix)
+    if py:
+        run_tunix(py, [int(b) for b in args.batches.split(",")], args.iters)
+    if args.models == "none":
+        return
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
     common.note(**common.machine(), torch=torch.__version__)
