@@ -118,7 +118,9 @@ def cut_continuation(text: str, markers: Sequence[str]) -> str:
 class Runner:
     """Generation and log-likelihood scoring for one candidate, in fixed-size sharded batches."""
 
-    def __init__(self, cand: Candidate, ecfg, mesh):
+    def __init__(self, cand: Candidate, ecfg, mesh, programs: dict | None = None):
+        """`programs` is shared by the runners of one evaluation: checkpoints of the same architecture
+        reuse one Sampler and one log-prob function per shape, so only the first model compiles."""
         from lrpo_jax import policy as policy_lib
         from lrpo_jax.sampling.sampler import Sampler, SamplerSpec
         self.cand, self.ecfg, self.mesh = cand, ecfg, mesh
@@ -126,10 +128,13 @@ class Runner:
         self.eos = policy_lib.eos_ids(cand.dcfg, tok)
         self.pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos[0]
         self.batch = ecfg.batch_size
-        self.sampler = Sampler(cand.graphdef, cand.dcfg, SamplerSpec(
-            max_new_tokens=ecfg.decode.max_new_tokens, eos_ids=self.eos, pad_id=self.pad,
-            prompt_buckets=tuple(ecfg.prompt_buckets), batch_buckets=(self.batch,)), mesh=mesh)
-        self._logp = {}
+        spec = SamplerSpec(max_new_tokens=ecfg.decode.max_new_tokens, eos_ids=self.eos, pad_id=self.pad,
+                           prompt_buckets=tuple(ecfg.prompt_buckets), batch_buckets=(self.batch,))
+        programs = {} if programs is None else programs
+        key = (cand.dcfg, spec)
+        if key not in programs:
+            programs[key] = (Sampler(cand.graphdef, cand.dcfg, spec, mesh=mesh), {})
+        self.sampler, self._logp = programs[key]
 
     def generate(self, prompts: list[list[int]], key) -> list[str]:
         from lrpo_jax.sampling.processing import SamplingParams
@@ -331,13 +336,13 @@ def evaluate(ecfg, *, checkpoints: Sequence[str] = (), hf_dirs: Sequence[str] = 
     lid = LanguageID(sorted(targets | {it.language for v in items.values() for it in v}))
     rewards = _reference_rewards(ecfg, lid) if "reference" in items else None
 
-    records, log, judge_rows = [], [], []
+    records, log, judge_rows, programs = [], [], [], {}
     key = jax.random.key(ecfg.seed)
     for load in loaders:
         cand = load()
         mode = ecfg.prompt.mode if ecfg.prompt.mode != "auto" else (cand.prompt_mode or "fewshot")
         builder = PromptBuilder(cand.tokenizer, mode=mode, chat_template=ecfg.prompt.chat_template)
-        runner = Runner(cand, ecfg, mesh)
+        runner = Runner(cand, ecfg, mesh, programs)
         print(f"evaluating {cand.name} (prompt mode {mode!r})", flush=True)
         if "math" in items:
             records += eval_math(runner, builder, lid, items["math"], ecfg, key, log)
