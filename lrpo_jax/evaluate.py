@@ -390,6 +390,8 @@ def import_judge(out: str | pathlib.Path, grades: str) -> list[dict]:
 def main(argv):
     from absl import flags
     del argv
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore step at INFO
     f = flags.FLAGS
     if f.judge_grades:
         if not f.out:

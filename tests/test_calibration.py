@@ -63,9 +63,11 @@ def test_mean_calibration_matches_reference_loop():
     assert mu_ref == pytest.approx((mean * counts).sum() / counts.sum(), rel=1e-6)
 
 
+@pytest.mark.parametrize("cells", [None, 3, 1024])  # None: bisect; 3 cells: many knots per cell
 @pytest.mark.parametrize("use_ub", [True, False])
-def test_quantile_calibration_matches_reference_bisect(use_ub):
+def test_quantile_calibration_matches_reference_bisect(use_ub, cells):
     table = _table()
+    table = table.replace(search=None) if cells is None else table.indexed(cells)
     rng = np.random.default_rng(2)
     grid = np.asarray(table.quantiles)
     # Values on, between and outside grid points (exact ties exercise bisect_left).
@@ -80,6 +82,23 @@ def test_quantile_calibration_matches_reference_bisect(use_ub):
             for s, i, j in zip(sims, a, b)]
     np.testing.assert_allclose(ours, want, atol=2e-6)
     assert np.any(np.diff(grid, axis=-1) == 0)  # the table really has zero-width segments
+    bisect, _ = jax.jit(cal.quantile_calibrate, static_argnames="use_ub_norm")(
+        table.replace(search=None), jnp.asarray(sims), jnp.asarray(a), jnp.asarray(b), use_ub_norm=use_ub)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(bisect))  # the index finds the same segment
+
+
+def test_search_index_steps_cover_every_cell():
+    table = _table().indexed(64)
+    grid = np.asarray(table.quantiles).reshape(-1, np.asarray(table.quantiles).shape[-1])
+    idx = table.search
+    assert 0 < idx.steps <= grid.shape[1]
+    rng = np.random.default_rng(0)
+    s = np.concatenate([rng.uniform(grid.min() - 0.1, grid.max() + 0.1, 5000), grid.ravel()]).astype(np.float32)
+    for p in range(grid.shape[0]):
+        cell = np.clip(np.floor((s - np.float32(idx.lo)) * np.float32(idx.inv_width)).astype(np.int64), 0, 63)
+        start = np.asarray(idx.start).reshape(grid.shape[0], 64)[p, cell]
+        truth = np.searchsorted(grid[p], s, side="left")
+        assert np.all(start <= truth) and np.all(truth - start <= idx.steps)
 
 
 def test_missing_pairs_error_or_flagged_fallback():

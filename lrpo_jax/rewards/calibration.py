@@ -31,6 +31,33 @@ FALLBACKS = ("error", "raw", "mu_ref")
 
 
 @flax.struct.dataclass
+class SearchIndex:
+    """Where bisect_left lands at the start of each of `cells` equal cells spanning the table's grid
+    values, per language pair. A sample then starts from its cell's entry and steps forward at most
+    `steps` knots (the most any cell holds), instead of ~log2(Q) dependent bisect rounds: the same
+    index, so the same result. Built on the host from the (fixed) quantile grid."""
+    start: jax.Array       # i32 [L*L*cells]
+    lo: jax.Array          # f32: left edge of cell 0
+    inv_width: jax.Array   # f32: 1 / cell width
+    cells: int = flax.struct.field(pytree_node=False, default=1024)
+    steps: int = flax.struct.field(pytree_node=False, default=0)
+
+
+def search_index(quantiles: np.ndarray, cells: int = 1024) -> SearchIndex:
+    x = np.asarray(quantiles, np.float32).reshape(-1, np.shape(quantiles)[-1])
+    lo, hi = float(x.min()), float(x.max())
+    width = max(hi - lo, 1e-6) / cells
+    # Edges are widened by 1% of a cell on both sides, so a sample whose float32 cell index rounds
+    # into a neighbour still starts at or before its bisect index and ends within `steps` of it.
+    edges = lo + width * np.arange(cells, dtype=np.float64)
+    pad = 0.01 * width
+    start = np.stack([np.searchsorted(row, edges - pad, side="left") for row in x]).astype(np.int32)
+    end = np.stack([np.searchsorted(row, np.append(edges[1:] + pad, np.inf), side="left") for row in x])
+    return SearchIndex(start=jnp.asarray(start.reshape(-1)), lo=jnp.float32(lo), inv_width=jnp.float32(1.0 / width),
+                       cells=cells, steps=int((end - start).max()))
+
+
+@flax.struct.dataclass
 class CalibrationTable:
     mean: jax.Array        # f32 [L, L] mean equivalent-pair similarity (reference lang, response lang)
     quantiles: jax.Array   # f32 [L, L, Q] similarity values at `levels` (non-decreasing)
@@ -41,6 +68,10 @@ class CalibrationTable:
     mu_ref: jax.Array      # f32 scalar: count-weighted mean of the equivalent means
     languages: tuple[str, ...] = flax.struct.field(pytree_node=False, default=())
     provenance: str = flax.struct.field(pytree_node=False, default="{}")  # JSON
+    search: SearchIndex | None = None  # quantile lookup accelerator (build/load add it; None = bisect)
+
+    def indexed(self, cells: int = 1024) -> "CalibrationTable":
+        return self.replace(search=search_index(np.asarray(self.quantiles), cells))
 
     def index(self, code: str, where: str = "") -> int:
         try:
@@ -92,24 +123,33 @@ def quantile_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, use
     last, linear inside the segment found by bisect_left, q_i on a zero-width segment. A missing pair
     falls back to clip(raw, 0, 1), as the reference did, and is flagged.
     """
-    present = table.present[ref_lang, resp_lang]
+    n_l, n_q = table.quantiles.shape[1:]
+    pair = ref_lang * n_l + resp_lang  # one flat index: 1-D gathers are cheaper than [a, b] ones
+    present = table.present.reshape(-1).at[pair].get(mode="promise_in_bounds")
     s = sim.astype(jnp.float32)
     if use_ub_norm:
-        s = jnp.minimum(1.0, s / (table.ub[ref_lang, resp_lang] + 1e-6))
-    # Branch-free bisect_left on the flat [L*L*Q] table: ~log2(Q) gathers of one value per sample,
-    # instead of gathering each sample's whole [Q] grid row (N x Q floats: 26 MB at 65k x 101).
-    n_l, n_q = table.quantiles.shape[1:]
+        s = jnp.minimum(1.0, s / (table.ub.reshape(-1).at[pair].get(mode="promise_in_bounds") + 1e-6))
     flat = table.quantiles.reshape(-1)
-    base = (ref_lang * n_l + resp_lang) * n_q
+    base = pair * n_q
 
     def at(idx):  # indices are in bounds by construction: skip XLA's clamping
         return flat.at[idx].get(mode="promise_in_bounds")
 
-    lo, hi = jnp.zeros_like(base), jnp.full_like(base, n_q)
-    for _ in range(max(1, int(n_q).bit_length())):
-        mid = (lo + hi) // 2
-        right = (at(base + jnp.minimum(mid, n_q - 1)) < s) & (lo < hi)
-        lo, hi = jnp.where(right, mid + 1, lo), jnp.where(right | (lo >= hi), hi, mid)
+    if table.search is not None:
+        # Start at the sample's cell's bisect index, then step over the few knots inside the cell.
+        idx = table.search
+        cell = jnp.clip(jnp.floor((s - idx.lo) * idx.inv_width).astype(jnp.int32), 0, idx.cells - 1)
+        lo = idx.start.at[pair * idx.cells + cell].get(mode="promise_in_bounds")
+        for _ in range(idx.steps):
+            lo = jnp.where((lo < n_q) & (at(base + jnp.minimum(lo, n_q - 1)) < s), lo + 1, lo)
+    else:
+        # Branch-free bisect_left on the flat [L*L*Q] table: ~log2(Q) gathers of one value per
+        # sample, instead of gathering each sample's whole [Q] grid row (N x Q floats).
+        lo, hi = jnp.zeros_like(base), jnp.full_like(base, n_q)
+        for _ in range(max(1, int(n_q).bit_length())):
+            mid = (lo + hi) // 2
+            right = (at(base + jnp.minimum(mid, n_q - 1)) < s) & (lo < hi)
+            lo, hi = jnp.where(right, mid + 1, lo), jnp.where(right | (lo >= hi), hi, mid)
     i_c = jnp.clip(lo, 1, n_q - 1)
     q = table.levels
     x0, x1 = at(base + i_c - 1), at(base + i_c)
@@ -174,7 +214,8 @@ def build(languages: Sequence[str], ref_lang: np.ndarray, resp_lang: np.ndarray,
     return CalibrationTable(mean=jnp.asarray(mean), quantiles=jnp.asarray(quant),
                             levels=jnp.asarray(levels.astype(np.float32)), ub=jnp.asarray(ub),
                             counts=jnp.asarray(counts), present=jnp.asarray(present),
-                            mu_ref=jnp.float32(mu_ref), languages=tuple(languages), provenance=json.dumps(prov))
+                            mu_ref=jnp.float32(mu_ref), languages=tuple(languages),
+                            provenance=json.dumps(prov)).indexed()
 
 
 def save(table: CalibrationTable, path: str | pathlib.Path) -> pathlib.Path:
@@ -221,7 +262,7 @@ def load(path: str | pathlib.Path) -> CalibrationTable:
                             levels=jnp.asarray(arrays["levels"]), ub=jnp.asarray(arrays["ub"]),
                             counts=jnp.asarray(arrays["counts"]), present=jnp.asarray(arrays["present"]),
                             mu_ref=jnp.float32(arrays["mu_ref"]), languages=langs,
-                            provenance=json.dumps(meta.get("provenance", {})))
+                            provenance=json.dumps(meta.get("provenance", {}))).indexed()
 
 
 def online_update(table: CalibrationTable, sim, ref_lang, resp_lang, weight, rate: float) -> CalibrationTable:
