@@ -32,5 +32,8 @@ def smoke_run(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("smoke_cfg_shared", REPO / "configs" / "smoke.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    workdir = tmp_path_factory.mktemp("smoke_run")
+    # $LRPO_TEST_SMOKE_DIR (set by .ci/run) keeps the run between CI's two pytest sessions: the second
+    # session's `train` finds the finished run, restores it and does no new step.
+    shared = os.environ.get("LRPO_TEST_SMOKE_DIR")
+    workdir = pathlib.Path(shared) if shared else tmp_path_factory.mktemp("smoke_run")
     return workdir, trainer.train(mod.get_config("steps=3,online=0.5"), str(workdir))
