@@ -200,7 +200,8 @@ def eval_math(runner: Runner, builder, lid, items, ecfg, key, log) -> list[dict]
     from lrpo_jax.rewards import verifiable
     jobs = [(it, t) for it in items for t in _targets(it, ecfg.math.answer_language)]
     prompts = [builder.tokens(it.question, t) for it, t in jobs]
-    texts = [cut_continuation(t, _stop_markers()) for t in runner.generate(prompts, key)]
+    markers = _stop_markers()
+    texts = [cut_continuation(t, markers) for t in runner.generate(prompts, key)]
     predicted, _, _ = lid.predict(texts)
     vals = collections.defaultdict(lambda: collections.defaultdict(list))
     n = collections.Counter()
@@ -221,7 +222,8 @@ def eval_math(runner: Runner, builder, lid, items, ecfg, key, log) -> list[dict]
 def eval_reference(runner: Runner, builder, rewards, items, ecfg, key, log, judge_rows) -> list[dict]:
     """Calibrated similarity to the gold answer per language (and per category), compliance; judge rows."""
     prompts = [builder.tokens(it.question, it.language) for it in items]
-    texts = [cut_continuation(t, _stop_markers()) for t in runner.generate(prompts, key)]
+    markers = _stop_markers()
+    texts = [cut_continuation(t, markers) for t in runner.generate(prompts, key)]
     res = rewards.score(texts, [it.language for it in items], [it.id for it in items], [it.answer for it in items],
                         [it.language for it in items])
     vals = collections.defaultdict(lambda: collections.defaultdict(list))

@@ -135,7 +135,6 @@ def make_sft_step(logp_fn, optimizer, micro_batch: int):
 # The loop.
 # ==================================================================================================
 def warmstart(cfg, workdir: str) -> dict:
-    from lrpo_jax.models import hf_import
     from lrpo_jax.rl.update import make_optimizer
     parallel.maybe_initialize_distributed()
     workdir = pathlib.Path(workdir)

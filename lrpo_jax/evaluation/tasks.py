@@ -70,14 +70,19 @@ def reference_items(path: str, languages: Sequence[str] = (), max_items: int = 0
             if not str(r.get(key) or "").strip():
                 raise ValueError(f"{where}: field {key!r} is missing or empty")
         lang = _lang(r.get("language"), where)
-        if languages and lang not in languages:
-            continue
-        seen[lang] = seen.get(lang, 0) + 1
-        if max_items and seen[lang] > max_items:
+        if not _keep(lang, languages, max_items, seen):
             continue
         items.append(Item(id=str(r.get("id", f"care-{i}")), language=lang, question=str(r["question"]),
                           answer=str(r["answer"]), category=str(r.get("culture_type") or r.get("category") or "")))
     return items
+
+
+def _keep(lang: str, languages: Sequence[str], max_items: int, seen: dict) -> bool:
+    """Language filter and per-language cap (`seen` counts kept items per language)."""
+    if languages and lang not in languages:
+        return False
+    seen[lang] = seen.get(lang, 0) + 1
+    return not max_items or seen[lang] <= max_items
 
 
 def _lang(value, where: str) -> str:
@@ -116,10 +121,7 @@ def mc_items(path: str, languages: Sequence[str] = (), max_items: int = 0) -> li
         if not 0 <= gold < len(options):
             raise ValueError(f"{where}: field 'answer' index {gold} is out of range for {len(options)} options")
         lang = _lang(r.get("language"), where)
-        if languages and lang not in languages:
-            continue
-        seen[lang] = seen.get(lang, 0) + 1
-        if max_items and seen[lang] > max_items:
+        if not _keep(lang, languages, max_items, seen):
             continue
         items.append(Item(id=str(r.get("id", f"mc-{i}")), language=lang, question=str(r["question"]),
                           category=str(r.get("subject") or r.get("category") or ""), options=options, gold=gold))
