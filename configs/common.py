@@ -10,6 +10,8 @@ def get_base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.total_steps = 64
+    # XLA's persistent compilation cache: "auto" = $LRPO_CACHE/xla, a folder, or "" (off).
+    c.compile_cache = "auto"
     # Mesh axes (data, fsdp, tensor); -1 = all remaining devices. fsdp shards weights and batch.
     c.mesh = (("data", 1), ("fsdp", -1), ("tensor", 1))
 
@@ -112,6 +114,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.log = ml_collections.ConfigDict()
     c.log.rollouts_every = 1                 # every rollout to rollouts.jsonl, a sample as TensorBoard text
     c.log.rollouts_shown = 8
+    c.log.heatmaps_every = 10                # router heatmap images (matplotlib, ~0.3 s each) every N steps + last
     c.ckpt = ml_collections.ConfigDict()
     c.ckpt.every = 10
     c.ckpt.keep = 3

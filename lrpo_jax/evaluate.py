@@ -394,6 +394,8 @@ def main(argv):
     del argv
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore step at INFO
+    from lrpo_jax import compile_cache
+    compile_cache.enable("auto")
     f = flags.FLAGS
     if f.judge_grades:
         if not f.out:

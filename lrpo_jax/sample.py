@@ -100,6 +100,8 @@ def main(argv):
     del argv
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore step at INFO
+    from lrpo_jax import compile_cache
+    compile_cache.enable("auto")
     from absl import flags
     f = flags.FLAGS
     sample(_CONFIG.value, prompts=f.prompt or (), prompts_file=f.prompts_file, checkpoint=f.checkpoint, out=f.out)

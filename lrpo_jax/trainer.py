@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lrpo_jax import checkpoint, config_lib, metrics as metrics_lib, parallel, policy as policy_lib
+from lrpo_jax import checkpoint, compile_cache, config_lib, metrics as metrics_lib, parallel, policy as policy_lib
 from lrpo_jax import router as router_lib
 from lrpo_jax import router_log
 from lrpo_jax.data import iterator as iterator_lib
@@ -104,6 +104,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---------------------------------------------------------------------------------- set-up
     parallel.maybe_initialize_distributed()
+    compile_cache.enable(cfg.compile_cache)
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
@@ -306,8 +307,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 if (r.log_every and (step + 1) % r.log_every == 0) or step + 1 == cfg.total_steps:
                     tau_now, eps_now = (float(x) for x in router_lib.tau_eps(state.router.step, r))
                     rlog.write(state.router, tau_now, eps_now)
-                    for name, (mat, rws, cols) in router_log.heatmaps(spec, state.router, tau_now, eps_now).items():
-                        writer.image(step + 1, f"router/{name}", metrics_lib.heatmap(mat, rws, cols, name))
+                    if (cfg.log.heatmaps_every and (step + 1) % cfg.log.heatmaps_every == 0) \
+                            or step + 1 == cfg.total_steps:
+                        for name, (mat, rws, cols) in router_log.heatmaps(spec, state.router, tau_now, eps_now).items():
+                            writer.image(step + 1, f"router/{name}", metrics_lib.heatmap(mat, rws, cols, name))
                 if cfg.log.rollouts_every and (step + 1) % cfg.log.rollouts_every == 0:
                     writer.text(step + 1, "rollouts", rollout_table(rows, targets, texts, res, cfg.log.rollouts_shown))
                     adv = grpo.group_advantages(jnp.asarray(res.reward.reshape(P, K)), jnp.ones((P, K)),

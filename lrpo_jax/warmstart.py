@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lrpo_jax import checkpoint, metrics as metrics_lib, parallel, policy as policy_lib
+from lrpo_jax import checkpoint, compile_cache, metrics as metrics_lib, parallel, policy as policy_lib
 from lrpo_jax.data import prompts as prompts_lib
 from lrpo_jax.data import sources
 from lrpo_jax.sampling import buckets
@@ -137,6 +137,7 @@ def make_sft_step(logp_fn, optimizer, micro_batch: int):
 def warmstart(cfg, workdir: str) -> dict:
     from lrpo_jax.rl.update import make_optimizer
     parallel.maybe_initialize_distributed()
+    compile_cache.enable(cfg.get("compile_cache", "auto"))
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0

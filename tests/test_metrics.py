@@ -57,3 +57,22 @@ def test_truncate_jsonl_drops_rows_after_the_restored_step(tmp_path):
     assert metrics.truncate_jsonl(path, 2) == 2
     assert [json.loads(x)["x"] for x in path.read_text().splitlines()] == [10, 20, 20]
     assert metrics.truncate_jsonl(tmp_path / "missing.jsonl", 2) == 0
+
+
+def test_compile_cache_setting(tmp_path, monkeypatch):
+    from lrpo_jax import compile_cache
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/tmp/from_env")
+    assert compile_cache.enable("auto") == "/tmp/from_env"  # the environment wins (tests, CI)
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR")
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    monkeypatch.setenv("LRPO_CACHE", str(tmp_path))
+    try:
+        assert compile_cache.enable("") is None
+        assert compile_cache.enable("auto") == str(tmp_path / "xla") and (tmp_path / "xla").is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == compile_cache.MIN_COMPILE_SECONDS
+        assert compile_cache.enable(str(tmp_path / "mine")) == str(tmp_path / "mine")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
