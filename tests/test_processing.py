@@ -69,3 +69,39 @@ def test_empirical_distribution_matches_processed_probs():
     chi2 = (((counts[support] - n * probs[support]) ** 2) / (n * probs[support])).sum()
     # dof = support - 1 <= 7; the 0.999 quantile of chi2(7) is 24.3.
     assert chi2 < 24.3, (chi2, counts, probs)
+
+
+def test_draw_across_vocabulary_blocks_matches_the_distribution():
+    """The two-level inverse-CDF draw over several 512-token blocks (V not a multiple of 512): chi-square
+    of 40k draws, zero-probability tokens (and the padding past V) never drawn, same key -> same token."""
+    from lrpo_jax.sampling import processing
+    vocab = 1500
+    support = np.array([0, 3, 511, 512, 513, 700, 1023, 1024, 1200, 1499])
+    logits = np.full((1, vocab), -np.inf, np.float32)
+    logits[0, support] = np.random.default_rng(4).normal(size=support.size) * 1.2
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits)))[0]
+    n = 40000
+    keys = jax.random.split(jax.random.key(5), n)
+    draw = jax.jit(jax.vmap(lambda k: processing._draw(k, jnp.exp(jnp.asarray(logits) - logits.max()))[0]))
+    toks = np.asarray(draw(keys))
+    counts = np.bincount(toks, minlength=vocab + 1)
+    assert toks.max() < vocab and counts[:vocab][probs == 0].sum() == 0
+    chi2 = (((counts[support] - n * probs[support]) ** 2) / (n * probs[support])).sum()
+    assert chi2 < 27.9, (chi2, counts[support], n * probs[support])  # 0.999 quantile of chi2(9)
+    assert np.array_equal(np.asarray(draw(keys[:64])), toks[:64])
+
+
+def test_logps_under_temperature_and_filters():
+    rng = np.random.default_rng(6)
+    logits = jnp.asarray(rng.normal(size=(3, 700)).astype(np.float32) * 2)
+    sp = SamplingParams(jnp.array([1.0, 0.7, 1.3]), jnp.array([0, 50, 0], jnp.int32), jnp.array([1.0, 1.0, 0.9]))
+    tok, lp, lp_raw = sample_tokens(jax.random.key(7), logits, sp)
+    rows = jnp.arange(3)
+    want = jax.nn.log_softmax(process_logits(logits, sp))[rows, tok]
+    np.testing.assert_allclose(lp, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lp_raw, jax.nn.log_softmax(logits)[rows, tok], rtol=1e-5, atol=1e-5)
+    assert np.isfinite(np.asarray(lp)).all()  # drawn tokens survive the filters
+    sp1 = SamplingParams.make(3)  # the RL default: one logsumexp serves both
+    tok, lp, lp_raw = sample_tokens(jax.random.key(8), logits, sp1)
+    np.testing.assert_allclose(lp, lp_raw, rtol=1e-6)
+    np.testing.assert_allclose(lp_raw, jax.nn.log_softmax(logits)[rows, tok], rtol=1e-5, atol=1e-5)

@@ -61,13 +61,48 @@ def process_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     return jax.lax.cond(needs_filter, _filter_sorted, lambda s, *_: s, scores, params.top_k, params.top_p)
 
 
+BLOCK = 512  # vocabulary block of the two-level inverse-CDF draw
+
+
+def _draw(key: jax.Array, weights: jax.Array) -> jax.Array:
+    """One index per row with probability weights[b, i] / sum_i weights[b, i] (weights >= 0, [B, V]).
+
+    Inverse CDF in two levels: a uniform picks a block of BLOCK tokens by the cumulative block sums,
+    the remainder picks the token inside it. One uniform per row instead of `jax.random.categorical`'s
+    V Gumbel draws: at Gemma's 262k vocabulary that is the difference between ~8 ms and ~0.5 ms per row
+    and decode step on CPU, more than the rest of a small model's step. Zero-weight tokens (filtered
+    by top-k/top-p) are never drawn: the first cumulative sum above u never ends on one.
+    """
+    batch, vocab = weights.shape
+    block = min(BLOCK, vocab)
+    nb = -(-vocab // block)
+    w = jnp.pad(weights, ((0, 0), (0, nb * block - vocab))).reshape(batch, nb, block)
+    block_sum = w.sum(-1)                                                     # [B, nb]
+    cum = jnp.cumsum(block_sum, -1)
+    u = jax.random.uniform(key, (batch, 1), jnp.float32) * cum[:, -1:]
+    last_block = nb - 1 - jnp.argmax((block_sum > 0)[:, ::-1], -1)           # rounding guard
+    b = jnp.minimum(jnp.sum(cum <= u, -1), last_block)                        # [B]
+    rest = u[:, 0] - (jnp.take_along_axis(cum, b[:, None], -1) - jnp.take_along_axis(block_sum, b[:, None], -1))[:, 0]
+    inside = jnp.take_along_axis(w, b[:, None, None], 1)[:, 0]               # [B, block]
+    last_token = block - 1 - jnp.argmax((inside > 0)[:, ::-1], -1)
+    t = jnp.minimum(jnp.sum(jnp.cumsum(inside, -1) <= rest[:, None], -1), last_token)
+    return (b * block + t).astype(jnp.int32)
+
+
 def sample_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams):
     """Draws one token per row. Returns (tokens [B], logp under the sampling distribution [B],
     logp under the raw temperature-1 distribution [B]); greedy rows get sampling logp 0."""
+    logits = logits.astype(jnp.float32)
     scores = process_logits(logits, params)
     greedy = params.temperature <= 0
-    drawn = jax.random.categorical(key, scores, axis=-1)
+    top = jnp.max(scores, -1, keepdims=True)
+    weights = jnp.exp(scores - top)                   # unnormalised probabilities, also the logsumexp
+    drawn = _draw(key, weights)
     tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), drawn).astype(jnp.int32)
-    logp_sampling = jnp.take_along_axis(jax.nn.log_softmax(scores, -1), tokens[:, None], -1)[:, 0]
-    logp_raw = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32), -1), tokens[:, None], -1)[:, 0]
-    return tokens, jnp.where(greedy, 0.0, logp_sampling), logp_raw
+    lse = top[:, 0] + jnp.log(weights.sum(-1))
+    pick = lambda x: jnp.take_along_axis(x, tokens[:, None], -1)[:, 0]  # noqa: E731
+    logp_sampling = pick(scores) - lse
+    # The RL default (T=1, no filter) has scores == logits: reuse their logsumexp.
+    same = jnp.all((params.temperature == 1.0) | greedy) & ~jnp.any(params.top_k > 0) & ~jnp.any(params.top_p < 1.0)
+    lse_raw = jax.lax.cond(same, lambda: lse, lambda: jax.nn.logsumexp(logits, -1))
+    return tokens, jnp.where(greedy, 0.0, logp_sampling), pick(logits) - lse_raw
