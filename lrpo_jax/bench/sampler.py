@@ -1,7 +1,8 @@
 """Rollout generation throughput: our jitted KV-cache sampler vs transformers PyTorch `generate`.
 
-    python -m lrpo_jax.bench sampler [--models gemma3_270m,smollm2_135m|none] [--batches 1,8,32] [--iters 2]
+    python -m lrpo_jax.bench sampler [--models gemma3_270m,smollm2_135m] [--batches 1,8,32] [--iters 2]
     python -m lrpo_jax.bench sampler --tunix build     # + the Tunix peer (builds its venv once)
+    python -m lrpo_jax.bench sampler --tunix build --hf off   # Tunix lines only
 
 Lines (stdout, JSON), one per (model, batch):
   sampler/<model>_b<B>  generated tokens/s: prompt of 32 tokens, exactly 64 new tokens per row
@@ -10,12 +11,14 @@ Lines (stdout, JSON), one per (model, batch):
 Context on stderr: compile seconds, time to first token (prefill), peak RSS.
 KV cache size: 2 (k, v) x layers x batch x (prompt bucket + new tokens) x kv_heads x head_dim x 4 bytes
 (fp32); Gemma-3-270M at batch 32: 2 x 18 x 32 x 96 x 1 x 256 x 4 B = 113 MB.
-Tunix peer (Gemma-3-270M only): `sampler/gemma3_270m_b<B>_vs_tunix` lines time google-tunix 0.1.7's
-`Sampler` on the same folder and prompt ids in its own venv (`--tunix_python`, or built once under
-$LRPO_CACHE/tunix-venv with `--tunix build`; Tunix pins its own dependency set), as a subprocess
-running lrpo_jax/bench/tunix_peer.py. Tunix samples at temperature 1 only in its top-p mode, so its
-side sorts the vocabulary each step (top-p 1.0); ours skips the sort when no row filters. Both
-sides' greedy tokens on one probe prompt are compared first (`greedy_agree` on stderr).
+Tunix peer: `sampler/<model>_b<B>_vs_tunix` lines time google-tunix 0.1.7's `Sampler` (Gemma 3
+through its gemma3 module, SmolLM2 through its llama3 module) on the same folder and prompt ids, in
+its own venv (`--tunix PATH` to its python, or `--tunix build` once under $LRPO_CACHE/tunix-venv;
+Tunix pins its own dependency set), as a subprocess running lrpo_jax/bench/tunix_peer.py. Tunix
+samples at temperature 1 only in its top-p mode, so its side sorts the vocabulary each step (top-p
+1.0); ours skips the sort when no row filters. Both sides' greedy tokens on one probe prompt are
+compared first (`greedy_agree` on stderr). Ours is measured in blocks (all batches, then the peer's)
+so neither side runs right after the other's thread pool.
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from lrpo_jax.sampling.processing import SamplingParams
 from lrpo_jax.sampling.sampler import Sampler, SamplerSpec
 
 PROMPT, NEW = 32, 64
+FOLDERS = {"gemma3_270m": shipped.gemma3_270m_dir, "smollm2_135m": shipped.smollm2_135m_dir}
 
 
 def _rss_mb() -> float:
@@ -45,15 +49,17 @@ def _rss_mb() -> float:
 
 def run_model(name: str, batches: list[int], iters: int, torch) -> None:
     from transformers import AutoModelForCausalLM
-    folder = {"gemma3_270m": shipped.gemma3_270m_dir, "smollm2_135m": shipped.smollm2_135m_dir}[name]()
+    folder = FOLDERS[name]()
     cfg, params = hf_import.load_decoder(folder)
     graphdef, _ = hf_import.abstract_decoder(cfg)
     sampler = Sampler(graphdef, cfg, SamplerSpec(max_new_tokens=NEW, eos_ids=(), pad_id=cfg.pad_token_id,
                                                  prompt_buckets=(PROMPT,), batch_buckets=tuple(batches)))
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     rng = np.random.default_rng(0)
-    for b in batches:
-        prompts = rng.integers(10, min(cfg.vocab_size, 30000), (b, PROMPT)).astype(np.int32)
+    cases = [(b, rng.integers(10, min(cfg.vocab_size, 30000), (b, PROMPT)).astype(np.int32)) for b in batches]
+    # All of ours first, then all of the peer's: interleaved, torch's thread pool left busy after a
+    # `generate` slowed our next batch by up to 1.5x (b32: 100 vs 157 tokens/s measured alone).
+    ours_s = {}
+    for b, prompts in cases:
         mask = np.ones((b, PROMPT), np.int32)
         sp = SamplingParams.make(b, 1.0, 0, 1.0)
         key = jax.random.key(0)
@@ -64,6 +70,11 @@ def run_model(name: str, batches: list[int], iters: int, torch) -> None:
         ours = common.timeit(lambda: sampler.generate(params, prompts, key, sp, prompt_mask=mask).tokens,
                              warmup=0, iters=iters)
         ttft = common.timeit(lambda: sampler._prefill(params, prompts, mask, key, sp).tokens, warmup=1, iters=iters)
+        ours_s[b] = ours
+        common.note(bench=f"sampler/{name}_b{b}", compile_seconds=round(max(first - ours, 0), 2),
+                    time_to_first_token_s=round(ttft, 3), peak_rss_mb=round(_rss_mb(), 1))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    for b, prompts in cases:
         ids = torch.tensor(prompts, dtype=torch.long)
 
         def peer():
@@ -73,9 +84,7 @@ def run_model(name: str, batches: list[int], iters: int, torch) -> None:
                                       pad_token_id=cfg.pad_token_id)
 
         peer_s = common.timeit(peer, warmup=1, iters=iters)
-        common.note(bench=f"sampler/{name}_b{b}", compile_seconds=round(max(first - ours, 0), 2),
-                    time_to_first_token_s=round(ttft, 3), peak_rss_mb=round(_rss_mb(), 1))
-        common.emit(f"sampler/{name}_b{b}", b * NEW / ours, b * NEW / peer_s, "tokens/s", batch=b,
+        common.emit(f"sampler/{name}_b{b}", b * NEW / ours_s[b], b * NEW / peer_s, "tokens/s", batch=b,
                     prompt=PROMPT, new_tokens=NEW, peer_name="transformers")
 
 
@@ -97,8 +106,8 @@ def tunix_python(spec: str) -> str | None:
     return str(py)
 
 
-def run_tunix(python: str, batches: list[int], iters: int) -> None:
-    folder = shipped.gemma3_270m_dir()
+def run_tunix(python: str, name: str, batches: list[int], iters: int) -> None:
+    folder = FOLDERS[name]()
     script = pathlib.Path(__file__).with_name("tunix_peer.py")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     proc = subprocess.run([python, str(script), "--folder", str(folder), "--batches", ",".join(map(str, batches)),
@@ -116,7 +125,7 @@ def run_tunix(python: str, batches: list[int], iters: int) -> None:
     ours_tok = greedy.generate(params, ids, jax.random.key(0), SamplingParams.make(1, 0.0),
                                prompt_mask=np.ones_like(ids)).tokens[0].tolist()
     agree = sum(a == b for a, b in zip(ours_tok, probe["greedy_tokens"])) / 16
-    common.note(bench="sampler/tunix", greedy_agree=agree)
+    common.note(bench=f"sampler/{name}_tunix", greedy_agree=agree)
     sampler = Sampler(graphdef, cfg, SamplerSpec(max_new_tokens=NEW, eos_ids=(), pad_id=cfg.pad_token_id,
                                                  prompt_buckets=(PROMPT,), batch_buckets=tuple(batches)))
     rng = np.random.default_rng(0)
@@ -129,9 +138,9 @@ def run_tunix(python: str, batches: list[int], iters: int) -> None:
         sampler.generate(params, prompts, jax.random.key(0), sp, prompt_mask=mask)  # compile
         ours = common.timeit(lambda: sampler.generate(params, prompts, jax.random.key(0), sp, prompt_mask=mask).tokens,
                              warmup=0, iters=iters)
-        common.note(bench=f"sampler/gemma3_270m_b{b}_vs_tunix", tunix_first_call_s=round(rec["first_call_s"], 2),
+        common.note(bench=f"sampler/{name}_b{b}_vs_tunix", tunix_first_call_s=round(rec["first_call_s"], 2),
                     tunix_new_token_lengths=rec["new_token_lengths"])
-        common.emit(f"sampler/gemma3_270m_b{b}_vs_tunix", b * NEW / ours, rec["tokens_per_s"], "tokens/s", batch=b,
+        common.emit(f"sampler/{name}_b{b}_vs_tunix", b * NEW / ours, rec["tokens_per_s"], "tokens/s", batch=b,
                     prompt=PROMPT, new_tokens=NEW, peer_name="tunix 0.1.7", greedy_agree=agree)
 
 
@@ -141,14 +150,17 @@ def main(argv: list[str]) -> None:
     p.add_argument("--batches", default="1,8,32")
     p.add_argument("--iters", type=int, default=2)
     p.add_argument("--tunix", default="off", help="off | build (venv under $LRPO_CACHE) | path to a python with tunix")
+    p.add_argument("--hf", default="on", choices=("on", "off"), help="the transformers `generate` lines")
     args = p.parse_args(argv)
+    models, batches = args.models.split(","), [int(b) for b in args.batches.split(",")]
     py = tunix_python(args.tunix)
     if py:
-        run_tunix(py, [int(b) for b in args.batches.split(",")], args.iters)
-    if args.models == "none":
+        for name in models:
+            run_tunix(py, name, batches, args.iters)
+    if args.hf == "off":
         return
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
     common.note(**common.machine(), torch=torch.__version__)
-    for name in args.models.split(","):
-        run_model(name, [int(b) for b in args.batches.split(",")], args.iters, torch)
+    for name in models:
+        run_model(name, batches, args.iters, torch)

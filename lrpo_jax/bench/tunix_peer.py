@@ -2,7 +2,8 @@
 
     <tunix venv>/bin/python lrpo_jax/bench/tunix_peer.py --folder HF_DIR --batches 1,8,32 --prompt 32 --new 64
 
-Loads the same HF Gemma-3 folder with Tunix's safetensors loader (fp32) and times
+Loads the same HF folder with Tunix's safetensors loader (fp32): Gemma 3 through `tunix.models.gemma3`,
+Llama-architecture folders (SmolLM2) through `tunix.models.llama3` with the folder's config.json; times
 `tunix.generate.sampler.Sampler` on the same random prompt ids `bench sampler` uses (seeded), at
 temperature 1.0 with top-p 1.0 (Tunix samples only in its top-p mode; top-k off) and no EOS stop, so
 every row generates exactly `--new` tokens. Prints one JSON object per batch size.
@@ -35,6 +36,31 @@ class FixedIds:
         return 0
 
 
+def load(folder):
+    """(config, model) of the HF folder in Tunix's own classes."""
+    with open(f"{folder}/config.json") as f:
+        hf = json.load(f)
+    if hf["model_type"].startswith("gemma3"):
+        from tunix.models.gemma3 import model as model_lib
+        from tunix.models.gemma3 import params_safetensors
+        cfg = model_lib.ModelConfig.gemma3_270m()
+        return cfg, params_safetensors.create_model_from_safe_tensors(folder, cfg, mesh=None, dtype=jnp.float32)
+    if hf["model_type"] == "llama":
+        from tunix.models.llama3 import model as model_lib
+        from tunix.models.llama3 import params as params_lib
+        rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
+        if rope.get("rope_type", "default") != "default":
+            raise SystemExit(f"Tunix's llama3 applies plain RoPE; {folder} uses {rope['rope_type']!r} scaling")
+        cfg = model_lib.ModelConfig(
+            num_layers=hf["num_hidden_layers"], vocab_size=hf["vocab_size"], embed_dim=hf["hidden_size"],
+            hidden_dim=hf["intermediate_size"], num_heads=hf["num_attention_heads"],
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"],
+            num_kv_heads=hf["num_key_value_heads"], rope_theta=int(rope["rope_theta"]), norm_eps=hf["rms_norm_eps"],
+            weight_tying=hf.get("tie_word_embeddings", False))
+        return cfg, params_lib.create_model_from_safe_tensors(folder, cfg, mesh=None, dtype=jnp.float32)
+    raise SystemExit(f"no Tunix model for model_type={hf['model_type']!r}")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--folder", required=True)
@@ -45,10 +71,7 @@ def main():
     p.add_argument("--vocab", type=int, default=262144)
     a = p.parse_args()
     from tunix.generate import sampler as sampler_lib
-    from tunix.models.gemma3 import model as model_lib
-    from tunix.models.gemma3 import params_safetensors
-    cfg = model_lib.ModelConfig.gemma3_270m()
-    model = params_safetensors.create_model_from_safe_tensors(a.folder, cfg, mesh=None, dtype=jnp.float32)
+    cfg, model = load(a.folder)
     cache = sampler_lib.CacheConfig(cache_size=a.prompt + a.new, num_layers=cfg.num_layers,
                                     num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
     sampler = sampler_lib.Sampler(model, FixedIds(), cache)
