@@ -78,7 +78,9 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.reward.encoder = "shipped:e5_small"    # or "hf:/path/to/mmBERT-small"
     c.reward.pooling = "mean"
     c.reward.max_length = 512
-    c.reward.length_buckets = (64, 128, 256, 512)
+    # Encoder padding buckets: each compiles once (then cached on disk); coarse buckets waste compute
+    # (a 131-token batch padded to 256 costs ~2x), fine ones compile more programs.
+    c.reward.length_buckets = tuple(range(32, 513, 32))
     c.reward.calibration = "mean"            # raw | mean | quantile
     c.reward.table = "auto"                  # path to a table .npz, or "auto" = build/cache from shipped data
     c.reward.table_items = 100               # "auto": parallel gsm-symbolic items per language

