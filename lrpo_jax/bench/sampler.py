@@ -8,7 +8,9 @@ Lines (stdout, JSON), one per (model, batch):
   sampler/<model>_b<B>  generated tokens/s: prompt of 32 tokens, exactly 64 new tokens per row
                         (no EOS stop on either side), temperature 1.0, top-k off, top-p 1, fp32 on
                         all CPU cores, same HF folder on both sides.
-Context on stderr: compile seconds, time to first token (prefill), peak RSS.
+Context on stderr: compile seconds, time to first token (prefill), peak RSS, achieved GFLOP/s and its
+fraction of this machine's fp32 matmul peak (measured in the same run). Small batches are bound by
+streaming the fp32 weights (Gemma-3-270M: 1.07 GB per decode step), not by FLOPs.
 KV cache size: 2 (k, v) x layers x batch x (prompt bucket + new tokens) x kv_heads x head_dim x 4 bytes
 (fp32); Gemma-3-270M at batch 32: 2 x 18 x 32 x 96 x 1 x 256 x 4 B = 113 MB.
 Tunix peer: `sampler/<model>_b<B>_vs_tunix` lines time google-tunix 0.1.7's `Sampler` (Gemma 3
@@ -35,6 +37,7 @@ import jax
 import numpy as np
 
 from lrpo_jax.bench import common
+from lrpo_jax.bench.forward import matmul_peak
 from lrpo_jax.models import hf_import, shipped
 from lrpo_jax.sampling.processing import SamplingParams
 from lrpo_jax.sampling.sampler import Sampler, SamplerSpec
@@ -47,6 +50,14 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def decode_flops(cfg, params) -> float:
+    """FLOPs per generated token: 2 x every weight (the tied embedding counted once, as the LM head)
+    plus attention over the average context (prompt + half the new tokens)."""
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    context = PROMPT + NEW / 2
+    return 2 * n_params + 2 * 2 * cfg.num_layers * context * cfg.num_heads * cfg.head_dim
+
+
 def run_model(name: str, batches: list[int], iters: int, torch) -> None:
     from transformers import AutoModelForCausalLM
     folder = FOLDERS[name]()
@@ -54,6 +65,8 @@ def run_model(name: str, batches: list[int], iters: int, torch) -> None:
     graphdef, _ = hf_import.abstract_decoder(cfg)
     sampler = Sampler(graphdef, cfg, SamplerSpec(max_new_tokens=NEW, eos_ids=(), pad_id=cfg.pad_token_id,
                                                  prompt_buckets=(PROMPT,), batch_buckets=tuple(batches)))
+    peak = matmul_peak()
+    common.note(bench=f"sampler/{name}", peak_gflops=round(peak / 1e9, 1))
     rng = np.random.default_rng(0)
     cases = [(b, rng.integers(10, min(cfg.vocab_size, 30000), (b, PROMPT)).astype(np.int32)) for b in batches]
     # All of ours first, then all of the peer's: interleaved, torch's thread pool left busy after a
@@ -71,8 +84,10 @@ def run_model(name: str, batches: list[int], iters: int, torch) -> None:
                              warmup=0, iters=iters)
         ttft = common.timeit(lambda: sampler._prefill(params, prompts, mask, key, sp).tokens, warmup=1, iters=iters)
         ours_s[b] = ours
+        gflops = decode_flops(cfg, params) * b * NEW / ours / 1e9
         common.note(bench=f"sampler/{name}_b{b}", compile_seconds=round(max(first - ours, 0), 2),
-                    time_to_first_token_s=round(ttft, 3), peak_rss_mb=round(_rss_mb(), 1))
+                    time_to_first_token_s=round(ttft, 3), peak_rss_mb=round(_rss_mb(), 1),
+                    ours_gflops=round(gflops, 1), fraction_of_peak=round(gflops * 1e9 / peak, 3))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     for b, prompts in cases:
         ids = torch.tensor(prompts, dtype=torch.long)
