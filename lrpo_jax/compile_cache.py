@@ -22,7 +22,7 @@ def enable(setting: str) -> str | None:
         return os.environ["JAX_COMPILATION_CACHE_DIR"]  # jax reads its own env vars at import
     if not setting:
         return None
-    elif setting == "auto":
+    if setting == "auto":
         from lrpo_jax.models import shipped
         folder = str(shipped.cache_root() / "xla")
     else:

@@ -43,6 +43,7 @@ from lrpo_jax.sampling.processing import SamplingParams
 from lrpo_jax.sampling.sampler import Sampler, SamplerSpec
 
 PROMPT, NEW = 32, 64
+ID_HIGH = 30000  # prompt ids are drawn from [10, ID_HIGH) on both sides (below every vocabulary here)
 FOLDERS = {"gemma3_270m": shipped.gemma3_270m_dir, "smollm2_135m": shipped.smollm2_135m_dir}
 
 
@@ -58,37 +59,48 @@ def decode_flops(cfg, params) -> float:
     return 2 * n_params + 2 * 2 * cfg.num_layers * context * cfg.num_heads * cfg.head_dim
 
 
-def run_model(name: str, batches: list[int], iters: int, torch) -> None:
-    from transformers import AutoModelForCausalLM
-    folder = FOLDERS[name]()
-    cfg, params = hf_import.load_decoder(folder)
+def _ours(name: str, batches: list[int]):
+    """(config, params, sampler) of one model: prompt bucket PROMPT, the given batch buckets, no EOS."""
+    cfg, params = hf_import.load_decoder(FOLDERS[name]())
     graphdef, _ = hf_import.abstract_decoder(cfg)
     sampler = Sampler(graphdef, cfg, SamplerSpec(max_new_tokens=NEW, eos_ids=(), pad_id=cfg.pad_token_id,
                                                  prompt_buckets=(PROMPT,), batch_buckets=tuple(batches)))
+    return cfg, params, sampler
+
+
+def _time_ours(sampler, params, prompts: np.ndarray, iters: int) -> tuple[float, float]:
+    """(first call seconds incl. compile, median steady seconds) of sampling NEW tokens at T=1."""
+    b = prompts.shape[0]
+    mask = np.ones((b, PROMPT), np.int32)
+    sp, key = SamplingParams.make(b, 1.0, 0, 1.0), jax.random.key(0)
+    t0 = time.perf_counter()
+    out = sampler.generate(params, prompts, key, sp, prompt_mask=mask)
+    first = time.perf_counter() - t0
+    assert int(out.lengths.min()) == NEW, out.lengths
+    return first, common.timeit(lambda: sampler.generate(params, prompts, key, sp, prompt_mask=mask).tokens,
+                                warmup=0, iters=iters)
+
+
+def run_model(name: str, batches: list[int], iters: int, torch) -> None:
+    from transformers import AutoModelForCausalLM
+    cfg, params, sampler = _ours(name, batches)
     peak = matmul_peak()
     common.note(bench=f"sampler/{name}", peak_gflops=round(peak / 1e9, 1))
     rng = np.random.default_rng(0)
-    cases = [(b, rng.integers(10, min(cfg.vocab_size, 30000), (b, PROMPT)).astype(np.int32)) for b in batches]
+    cases = [(b, rng.integers(10, ID_HIGH, (b, PROMPT)).astype(np.int32)) for b in batches]
     # All of ours first, then all of the peer's: interleaved, torch's thread pool left busy after a
     # `generate` slowed our next batch by up to 1.5x (b32: 100 vs 157 tokens/s measured alone).
     ours_s = {}
     for b, prompts in cases:
-        mask = np.ones((b, PROMPT), np.int32)
-        sp = SamplingParams.make(b, 1.0, 0, 1.0)
-        key = jax.random.key(0)
-        t0 = time.perf_counter()
-        out = sampler.generate(params, prompts, key, sp, prompt_mask=mask)
-        first = time.perf_counter() - t0
-        assert int(out.lengths.min()) == NEW, out.lengths
-        ours = common.timeit(lambda: sampler.generate(params, prompts, key, sp, prompt_mask=mask).tokens,
-                             warmup=0, iters=iters)
+        first, ours = _time_ours(sampler, params, prompts, iters)
+        mask, key, sp = np.ones((b, PROMPT), np.int32), jax.random.key(0), SamplingParams.make(b, 1.0, 0, 1.0)
         ttft = common.timeit(lambda: sampler._prefill(params, prompts, mask, key, sp).tokens, warmup=1, iters=iters)
         ours_s[b] = ours
         gflops = decode_flops(cfg, params) * b * NEW / ours / 1e9
         common.note(bench=f"sampler/{name}_b{b}", compile_seconds=round(max(first - ours, 0), 2),
                     time_to_first_token_s=round(ttft, 3), peak_rss_mb=round(_rss_mb(), 1),
                     ours_gflops=round(gflops, 1), fraction_of_peak=round(gflops * 1e9 / peak, 3))
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(FOLDERS[name](), dtype=torch.float32).eval()
     for b, prompts in cases:
         ids = torch.tensor(prompts, dtype=torch.long)
 
@@ -126,33 +138,26 @@ def run_tunix(python: str, name: str, batches: list[int], iters: int) -> None:
     script = pathlib.Path(__file__).with_name("tunix_peer.py")
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
     proc = subprocess.run([python, str(script), "--folder", str(folder), "--batches", ",".join(map(str, batches)),
-                           "--prompt", str(PROMPT), "--new", str(NEW), "--iters", str(iters)],
+                           "--prompt", str(PROMPT), "--new", str(NEW), "--iters", str(iters),
+                           "--id_high", str(ID_HIGH)],
                           capture_output=True, text=True, env=env, cwd="/", timeout=3600)
     if proc.returncode:
         raise RuntimeError(f"Tunix peer failed:\n{proc.stderr[-3000:]}")
     lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
     probe = lines[0]
-    cfg, params = hf_import.load_decoder(folder)
-    graphdef, _ = hf_import.abstract_decoder(cfg)
-    greedy = Sampler(graphdef, cfg, SamplerSpec(max_new_tokens=16, eos_ids=(), pad_id=cfg.pad_token_id,
-                                                prompt_buckets=(PROMPT,), batch_buckets=(1,)))
+    cfg, params, sampler = _ours(name, batches)
+    greedy = Sampler(sampler.graphdef, cfg, SamplerSpec(max_new_tokens=16, eos_ids=(), pad_id=cfg.pad_token_id,
+                                                        prompt_buckets=(PROMPT,), batch_buckets=(1,)))
     ids = np.asarray([probe["probe_prompt"]], np.int32)
     ours_tok = greedy.generate(params, ids, jax.random.key(0), SamplingParams.make(1, 0.0),
                                prompt_mask=np.ones_like(ids)).tokens[0].tolist()
     agree = sum(a == b for a, b in zip(ours_tok, probe["greedy_tokens"])) / 16
     common.note(bench=f"sampler/{name}_tunix", greedy_agree=agree)
-    sampler = Sampler(graphdef, cfg, SamplerSpec(max_new_tokens=NEW, eos_ids=(), pad_id=cfg.pad_token_id,
-                                                 prompt_buckets=(PROMPT,), batch_buckets=tuple(batches)))
     rng = np.random.default_rng(0)
-    rng.integers(10, 30000, PROMPT)  # the probe draw: keep the same stream as the peer
+    rng.integers(10, ID_HIGH, PROMPT)  # the probe draw: keep the same stream as the peer
     for rec in lines[1:]:
         b = rec["batch"]
-        prompts = rng.integers(10, 30000, (b, PROMPT)).astype(np.int32)
-        mask = np.ones((b, PROMPT), np.int32)
-        sp = SamplingParams.make(b, 1.0, 0, 1.0)
-        sampler.generate(params, prompts, jax.random.key(0), sp, prompt_mask=mask)  # compile
-        ours = common.timeit(lambda: sampler.generate(params, prompts, jax.random.key(0), sp, prompt_mask=mask).tokens,
-                             warmup=0, iters=iters)
+        _, ours = _time_ours(sampler, params, rng.integers(10, ID_HIGH, (b, PROMPT)).astype(np.int32), iters)
         common.note(bench=f"sampler/{name}_b{b}_vs_tunix", tunix_first_call_s=round(rec["first_call_s"], 2),
                     tunix_new_token_lengths=rec["new_token_lengths"])
         common.emit(f"sampler/{name}_b{b}_vs_tunix", b * NEW / ours, rec["tokens_per_s"], "tokens/s", batch=b,

@@ -68,7 +68,7 @@ def main():
     p.add_argument("--prompt", type=int, default=32)
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--iters", type=int, default=2)
-    p.add_argument("--vocab", type=int, default=262144)
+    p.add_argument("--id_high", type=int, default=30000, help="prompt ids are drawn from [10, id_high)")
     a = p.parse_args()
     from tunix.generate import sampler as sampler_lib
     cfg, model = load(a.folder)
@@ -76,12 +76,12 @@ def main():
                                     num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim)
     sampler = sampler_lib.Sampler(model, FixedIds(), cache)
     rng = np.random.default_rng(0)
-    probe = rng.integers(10, 30000, a.prompt)  # greedy tokens on one prompt: proves both sides load the same weights
+    probe = rng.integers(10, a.id_high, a.prompt)  # greedy tokens on one prompt: proves both sides load the same weights
     out = sampler([" ".join(map(str, probe))], max_generation_steps=16, max_prompt_length=a.prompt, temperature=0.0,
                   eos_tokens=[-1])
     print(json.dumps({"probe_prompt": probe.tolist(), "greedy_tokens": np.asarray(out.tokens[0]).tolist()}), flush=True)
     for b in (int(x) for x in a.batches.split(",")):
-        ids = rng.integers(10, min(a.vocab, 30000), (b, a.prompt))
+        ids = rng.integers(10, a.id_high, (b, a.prompt))
         texts = [" ".join(map(str, row)) for row in ids]
 
         def run():

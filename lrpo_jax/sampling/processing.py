@@ -27,6 +27,10 @@ class SamplingParams:
             return jnp.broadcast_to(jnp.asarray(v, dtype), (batch,))
         return cls(full(temperature, jnp.float32), full(top_k, jnp.int32), full(top_p, jnp.float32))
 
+    def filters(self) -> jax.Array:
+        """Traced bool: does any row use top-k or top-p (the only case that needs a vocabulary sort)."""
+        return jnp.any(self.top_k > 0) | jnp.any(self.top_p < 1.0)
+
     def pad_to(self, batch: int) -> "SamplingParams":
         n = batch - self.temperature.shape[0]
         return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], n)]) if n else x, self)
@@ -57,8 +61,7 @@ def process_logits(logits: jax.Array, params: SamplingParams) -> jax.Array:
     logits = logits.astype(jnp.float32)
     temp = jnp.where(params.temperature > 0, params.temperature, 1.0)
     scores = logits / temp[:, None]
-    needs_filter = jnp.any(params.top_k > 0) | jnp.any(params.top_p < 1.0)
-    return jax.lax.cond(needs_filter, _filter_sorted, lambda s, *_: s, scores, params.top_k, params.top_p)
+    return jax.lax.cond(params.filters(), _filter_sorted, lambda s, *_: s, scores, params.top_k, params.top_p)
 
 
 BLOCK = 512  # vocabulary block of the two-level inverse-CDF draw
@@ -103,6 +106,6 @@ def sample_tokens(key: jax.Array, logits: jax.Array, params: SamplingParams):
     pick = lambda x: jnp.take_along_axis(x, tokens[:, None], -1)[:, 0]  # noqa: E731
     logp_sampling = pick(scores) - lse
     # The RL default (T=1, no filter) has scores == logits: reuse their logsumexp.
-    same = jnp.all((params.temperature == 1.0) | greedy) & ~jnp.any(params.top_k > 0) & ~jnp.any(params.top_p < 1.0)
+    same = jnp.all((params.temperature == 1.0) | greedy) & ~params.filters()
     lse_raw = jax.lax.cond(same, lambda: lse, lambda: jax.nn.logsumexp(logits, -1))
     return tokens, jnp.where(greedy, 0.0, logp_sampling), pick(logits) - lse_raw
