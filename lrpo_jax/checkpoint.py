@@ -54,6 +54,34 @@ class Checkpointer:
         out = self._manager.restore(step, args=args)
         return out["state"], dict(out["extra"] or {})
 
+    def restore_fields(self, abstract_fields: dict, step: int | None = None) -> dict:
+        """Restores only some top-level fields of a saved state, e.g. {"step": ..., "params": ...}.
+
+        Evaluation and sampling need the policy, not the optimizer moments (2x the params on disk):
+        orbax's partial restore reads just the named subtrees. `abstract_fields` maps field names of
+        the saved TrainState to ShapeDtypeStruct trees carrying the target shardings.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_fields)
+        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(abstract_fields, restore_args=restore_args,
+                                                               partial_restore=True))
+        # A separate reader: our manager has the state item bound to the Standard handler, which
+        # has no partial restore; the on-disk format is the same.
+        reader = ocp.CheckpointManager(self.directory)
+        try:
+            out = dict(reader.restore(step, args=args)["state"])
+        finally:
+            reader.close()
+        # Partial restore hands back the abstract leaf for a path the checkpoint lacks: make it an error.
+        missing = [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_flatten_with_path(out)[0]
+                   if isinstance(leaf, jax.ShapeDtypeStruct)]
+        if missing:
+            raise KeyError(f"checkpoint {self.directory} step {step} has no {', '.join(missing[:5])}"
+                           + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+        return out
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 

@@ -58,29 +58,22 @@ def _train_workdir(path: str) -> tuple[pathlib.Path, int | None]:
 
 
 def restore_policy(workdir: str, mesh=None) -> Candidate:
-    """The policy of a training workdir's latest (or `@STEP`) checkpoint, restored onto `mesh`."""
-    from lrpo_jax import checkpoint, parallel, policy as policy_lib, router as router_lib
-    from lrpo_jax.rl.update import make_optimizer
-    from lrpo_jax.state import TrainState
+    """The policy of a training workdir's latest (or `@STEP`) checkpoint, restored onto `mesh`.
+
+    Reads the step counter and the params only, not the optimizer state or the router."""
+    from lrpo_jax import checkpoint, parallel, policy as policy_lib
     wd, step = _train_workdir(workdir)
     tcfg = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
     dcfg, graphdef, params, tokenizer = policy_lib.load_policy(tcfg.policy, tcfg.seed)
     mesh = mesh or parallel.make_mesh((("data", 1), ("fsdp", -1), ("tensor", 1)))
     params = jax.device_put(params, parallel.param_shardings(params, mesh))
-    o = tcfg.optim
-    optimizer = make_optimizer(o.lr, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                               grad_clip=o.grad_clip, warmup_steps=o.warmup_steps)
-    rep = parallel.replicated(mesh)
-    router = router_lib.init_state(router_lib.RouterSpec.from_config(tcfg.router))
-    abstract = TrainState(step=np.int32(0), rng=np.zeros(2, np.uint32), params=params,
-                          opt_state=jax.eval_shape(optimizer.init, params), router=router)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)
-                                                           if isinstance(x, jax.Array) else rep), abstract)
+    abstract = {"step": jax.ShapeDtypeStruct((), np.int32, sharding=parallel.replicated(mesh)),
+                "params": checkpoint.abstract_like(params)}
     ckpt = checkpoint.Checkpointer(wd / "checkpoints", async_save=False)
-    state, _ = ckpt.restore(abstract, step)
+    state = ckpt.restore_fields(abstract, step)
     ckpt.close()
-    name = f"{wd.name}@{int(state.step)}"
-    return Candidate(name, dcfg, graphdef, state.params, tokenizer, tcfg.prompt.mode)
+    name = f"{wd.name}@{int(state['step'])}"
+    return Candidate(name, dcfg, graphdef, state["params"], tokenizer, tcfg.prompt.mode)
 
 
 def load_hf(folder: str, ecfg, mesh) -> Candidate:

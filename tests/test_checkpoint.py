@@ -35,6 +35,23 @@ def test_round_trip_keeps_values_shardings_and_extra(tmp_path):
     ckpt.close()
 
 
+def test_restore_fields_reads_only_the_named_fields(tmp_path):
+    mesh = parallel.make_mesh((("data", 2), ("fsdp", 2), ("tensor", 2)))
+    ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
+    for step in (1, 2):
+        ckpt.save(step, _state(mesh, step))
+    target = checkpoint.abstract_like(_state(mesh, 0))
+    got = ckpt.restore_fields({"params": target["params"], "step": target["step"]}, step=1)
+    want = _state(mesh, 1)
+    assert set(got) == {"params", "step"}  # rng not read
+    np.testing.assert_array_equal(np.asarray(got["params"]["w"]), np.asarray(want["params"]["w"]))
+    assert isinstance(got["params"]["w"], jax.Array) and got["params"]["w"].sharding == want["params"]["w"].sharding
+    assert int(got["step"]) == 1
+    with pytest.raises(KeyError, match=r"step 2 has no \['opt_state'\]\['w'\]"):  # never the abstract back
+        ckpt.restore_fields({"opt_state": target["params"]})
+    ckpt.close()
+
+
 def test_missing_checkpoint_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint in"):
         checkpoint.Checkpointer(tmp_path).restore({"x": jax.ShapeDtypeStruct((1,), jnp.float32)})
