@@ -33,6 +33,12 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
+    def _step_or_latest(self, step: int | None) -> int:
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        return step
+
     def should_save(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0
 
@@ -46,9 +52,7 @@ class Checkpointer:
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict]:
         """Restores onto `abstract_state` (ShapeDtypeStructs carrying the target shardings)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        step = self._step_or_latest(step)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                   extra=ocp.args.JsonRestore())
         out = self._manager.restore(step, args=args)
@@ -61,9 +65,7 @@ class Checkpointer:
         orbax's partial restore reads just the named subtrees. `abstract_fields` maps field names of
         the saved TrainState to ShapeDtypeStruct trees carrying the target shardings.
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        step = self._step_or_latest(step)
         restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_fields)
         args = ocp.args.Composite(state=ocp.args.PyTreeRestore(abstract_fields, restore_args=restore_args,
                                                                partial_restore=True))
