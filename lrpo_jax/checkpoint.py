@@ -92,11 +92,16 @@ class Checkpointer:
         self._manager.close()
 
 
-def abstract_like(tree: Any) -> Any:
-    """ShapeDtypeStructs (with shardings) of a concrete pytree: restore targets for orbax."""
-    def one(x):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
-    return jax.tree.map(one, tree)
+def abstract_like(tree: Any, shardings: Any = None) -> Any:
+    """ShapeDtypeStructs of a pytree of arrays (or of ShapeDtypeStructs): restore targets for orbax.
+
+    Shardings come from the leaves themselves, or from `shardings`: a tree with one sharding per
+    leaf, or per subtree (param_shardings gives one per nnx.Variable, which wraps its leaf)."""
+    if shardings is None:
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                            tree)
+    return jax.tree.map(lambda s, sub: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), sub),
+                        shardings, tree)
 
 
 class StopRequest:

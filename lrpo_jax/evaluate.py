@@ -64,11 +64,12 @@ def restore_policy(workdir: str, mesh=None) -> Candidate:
     from lrpo_jax import checkpoint, parallel, policy as policy_lib
     wd, step = _train_workdir(workdir)
     tcfg = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
-    dcfg, graphdef, params, tokenizer = policy_lib.load_policy(tcfg.policy, tcfg.seed)
+    # Shapes only: the base weights would be read just to be overwritten by the checkpoint's.
+    dcfg, graphdef, shapes, tokenizer = policy_lib.load_policy(tcfg.policy, tcfg.seed, abstract=True)
     mesh = mesh or parallel.make_mesh((("data", 1), ("fsdp", -1), ("tensor", 1)))
-    params = jax.device_put(params, parallel.param_shardings(params, mesh))
+    shardings = parallel.param_shardings(shapes, mesh)
     abstract = {"step": jax.ShapeDtypeStruct((), np.int32, sharding=parallel.replicated(mesh)),
-                "params": checkpoint.abstract_like(params)}
+                "params": checkpoint.abstract_like(shapes, shardings)}
     ckpt = checkpoint.Checkpointer(wd / "checkpoints", async_save=False)
     state = ckpt.restore_fields(abstract, step)
     ckpt.close()

@@ -10,12 +10,14 @@ from lrpo_jax.models import hf_import, shipped
 from lrpo_jax.rl.logprobs import chunked_logprobs
 
 
-def load_policy(cfg, seed: int = 0):
+def load_policy(cfg, seed: int = 0, *, abstract: bool = False):
     """`config.policy` -> (DecoderConfig, graphdef, params, tokenizer).
 
     `random_init` builds a randomly initialised model (smoke tests) from `overrides` over the
     source folder's config.json, or from `overrides` alone when they name a `family`; the
-    tokenizer always comes from the source folder.
+    tokenizer always comes from the source folder. `abstract=True` returns the params as
+    ShapeDtypeStructs without reading or initialising any weight: the restore target when the
+    weights come from a training checkpoint instead.
     """
     from transformers import AutoTokenizer
     folder = shipped.resolve(cfg.source, require_config=not cfg.random_init)
@@ -25,7 +27,11 @@ def load_policy(cfg, seed: int = 0):
         if key in over:
             over[key] = tuple(over[key])
     settings = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, remat=cfg.remat)
-    if cfg.random_init:
+    if abstract:
+        dcfg = (decoder_lib.DecoderConfig(**{**over, **settings}) if cfg.random_init and "family" in over
+                else decoder_lib.DecoderConfig.from_hf(folder, **over, **settings))
+        graphdef, params = hf_import.abstract_decoder(dcfg)
+    elif cfg.random_init:
         if "family" in over:
             dcfg = decoder_lib.DecoderConfig(**{**over, **settings})
         else:

@@ -134,6 +134,31 @@ def test_restore_policy_returns_the_trained_params(smoke_run):
                for a, b in zip(jax.tree.leaves(earlier.params), jax.tree.leaves(cand.params)))
 
 
+def test_restore_policy_reads_no_base_weights(smoke_run, monkeypatch):
+    """The checkpoint supplies the weights: the base policy is asked for shapes only, and those
+    shapes and dtypes are the trained policy's."""
+    import ml_collections
+
+    from lrpo_jax import policy as policy_lib
+    workdir, out = smoke_run
+    real = policy_lib.load_policy
+    asked = []
+
+    def record(cfg, seed=0, *, abstract=False):
+        asked.append(abstract)
+        return real(cfg, seed, abstract=abstract)
+
+    monkeypatch.setattr(policy_lib, "load_policy", record)
+    evaluate.restore_policy(str(workdir))
+    assert asked == [True]
+    pol = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text())).policy
+    shapes = real(pol, abstract=True)[2]
+    trained = out["state"].params
+    assert jax.tree.structure(shapes) == jax.tree.structure(trained)
+    for a, b in zip(jax.tree.leaves(shapes), jax.tree.leaves(trained)):
+        assert isinstance(a, jax.ShapeDtypeStruct) and (a.shape, a.dtype) == (b.shape, b.dtype)
+
+
 def test_evaluate_cli_compares_base_and_checkpoint_on_mgsm(smoke_run, mgsm_dir, tmp_path):
     workdir, _ = smoke_run
     mc = _write_jsonl(tmp_path / "mc.jsonl", MC_ROWS)
