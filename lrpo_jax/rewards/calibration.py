@@ -136,12 +136,16 @@ def quantile_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, use
         return flat.at[idx].get(mode="promise_in_bounds")
 
     if table.search is not None:
-        # Start at the sample's cell's bisect index, then step over the few knots inside the cell.
+        # Start at the sample's cell's bisect index, then count the knots below s among the next
+        # `steps` (sorted, so the count is how far bisect_left moves on). Counting keeps the gathers
+        # independent: a chain of `lo = where(x[lo] < s, lo + 1, lo)` steps measured ~11% slower.
         idx = table.search
         cell = jnp.clip(jnp.floor((s - idx.lo) * idx.inv_width).astype(jnp.int32), 0, idx.cells - 1)
-        lo = idx.start.at[pair * idx.cells + cell].get(mode="promise_in_bounds")
-        for _ in range(idx.steps):
-            lo = jnp.where((lo < n_q) & (at(base + jnp.minimum(lo, n_q - 1)) < s), lo + 1, lo)
+        start = idx.start.at[pair * idx.cells + cell].get(mode="promise_in_bounds")
+        lo = start
+        for k in range(idx.steps):
+            j = start + k
+            lo = lo + ((j < n_q) & (at(base + jnp.minimum(j, n_q - 1)) < s)).astype(lo.dtype)
     else:
         # Branch-free bisect_left on the flat [L*L*Q] table: ~log2(Q) gathers of one value per
         # sample, instead of gathering each sample's whole [Q] grid row (N x Q floats).
