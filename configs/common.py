@@ -101,6 +101,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.rl.loss_agg = "token-mean"
     c.rl.global_token_mean = True            # False: verl 0.5 per-micro-batch mean
     c.rl.micro_batch = 8                     # rows per gradient-accumulation micro-batch
+    # Recompute each chunk's [rows, 64, vocab] logits in the backward pass (memory-safe default).
+    # False keeps a micro-batch's logits (micro_batch x max_new_tokens x vocab x 4 bytes) and skips
+    # a fourth output-projection matmul: faster where that fits (see configs/demo.py).
+    c.rl.logits_remat = True
     c.rl.ppo_epochs = 1
     c.rl.mini_batches = 1
 

@@ -37,6 +37,7 @@ def get_config(arg=None):
     c.router.eps_init = 0.1
     c.reward.table_items = 100
     c.rl.micro_batch = 8
+    c.rl.logits_remat = False  # 8 x 48 x 262k fp32 logits kept = 0.4 GB; skips a recompute of the LM head
     c.optim.lr = a.lr   # 1e-6 (reference) barely moves a 270M model in 6 steps
     c.ckpt.every = 2
     return c

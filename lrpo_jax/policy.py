@@ -56,12 +56,14 @@ def eos_ids(dcfg, tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def make_logp_fn(graphdef, response_len: int, *, temperature: float = 1.0, chunk: int = 64):
+def make_logp_fn(graphdef, response_len: int, *, temperature: float = 1.0, chunk: int = 64,
+                 remat_logits: bool = True):
     """(params, batch) -> (log-probs [B, R], entropy [B, R]) of the response tokens.
 
     batch['tokens'] is [prompt (left-padded) | response (right-padded)]; the hidden state at
     position j predicts token j + 1, so the response is predicted by positions Tp-1 .. Tp+R-2.
-    Log-probs are computed chunk by chunk from hidden states: [B, T, V] logits never exist.
+    Log-probs are computed chunk by chunk from hidden states; with `remat_logits` the backward
+    pass recomputes each chunk's logits, so [B, T, V] logits never exist at once.
     """
     def logp_fn(params, batch):
         model = nnx.merge(graphdef, params)
@@ -69,7 +71,8 @@ def make_logp_fn(graphdef, response_len: int, *, temperature: float = 1.0, chunk
         start = batch["tokens"].shape[1] - response_len
         h = jax.lax.dynamic_slice_in_dim(hidden, start - 1, response_len, axis=1)
         targets = batch["tokens"][:, start:]
-        return chunked_logprobs(h, model.unembedding(), targets, temperature=temperature, chunk=chunk)
+        return chunked_logprobs(h, model.unembedding(), targets, temperature=temperature, chunk=chunk,
+                                remat=remat_logits)
 
     return logp_fn
 

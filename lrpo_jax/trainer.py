@@ -177,7 +177,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                         kl_coef=cfg.rl.kl_coef, kl_type=cfg.rl.kl_type, entropy_coef=cfg.rl.entropy_coef,
                         loss_agg=cfg.rl.loss_agg, global_mean=cfg.rl.global_token_mean, micro_batch=cfg.rl.micro_batch,
                         mini_batches=cfg.rl.mini_batches, ppo_epochs=cfg.rl.ppo_epochs)
-    logp_fn = policy_lib.make_logp_fn(graphdef, N, temperature=cfg.rollout.temperature or 1.0)
+    logp_fn = policy_lib.make_logp_fn(graphdef, N, temperature=cfg.rollout.temperature or 1.0,
+                                      remat_logits=cfg.rl.logits_remat)
     update = make_update(logp_fn, optimizer, ucfg)
     forward_logp = jax.jit(policy_lib.batched_logp(logp_fn, cfg.rl.micro_batch))
     regional = spec.regional_topic_mask

@@ -143,7 +143,8 @@ def test_aggregation_of_fully_masked_rows():
         grpo.agg_loss(loss, mask, "mean")
 
 
-def test_logprobs_entropy_and_chunked_equivalence():
+@pytest.mark.parametrize("remat", [True, False])
+def test_logprobs_entropy_and_chunked_equivalence(remat):
     rng = np.random.default_rng(5)
     b, t, d, v = 2, 11, 8, 37
     h = jnp.asarray(rng.normal(size=(b, t, d)).astype(np.float32))
@@ -156,10 +157,13 @@ def test_logprobs_entropy_and_chunked_equivalence():
     full = logprobs.token_logprobs(jnp.einsum("btd,dv->btv", h, w), tgt, 0.7)
     np.testing.assert_allclose(full, ref_lp, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(logprobs.entropy(jnp.einsum("btd,dv->btv", h, w), 0.7), ref_ent, rtol=1e-5, atol=1e-5)
-    lp, ent = logprobs.chunked_logprobs(h, w, tgt, temperature=0.7, chunk=4)  # 11 = 4 + 4 + 3 (padded)
+    lp, ent = logprobs.chunked_logprobs(h, w, tgt, temperature=0.7, chunk=4, remat=remat)  # 11 = 4 + 4 + 3 (padded)
     np.testing.assert_allclose(lp, full, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ent, ref_ent, rtol=1e-5, atol=1e-5)
     loss_full = lambda h, w: logprobs.token_logprobs(jnp.einsum("btd,dv->btv", h, w), tgt).sum()  # noqa: E731
-    loss_chunk = lambda h, w: logprobs.chunked_logprobs(h, w, tgt, chunk=4)[0].sum()  # noqa: E731
+    loss_chunk = lambda h, w: logprobs.chunked_logprobs(h, w, tgt, chunk=4, remat=remat)[0].sum()  # noqa: E731
     for a, c in zip(jax.grad(loss_full, (0, 1))(h, w), jax.grad(loss_chunk, (0, 1))(h, w)):
         np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-5)
+    # What remat changes is what the backward pass keeps: the recompute shows up in the jaxpr.
+    text = str(jax.make_jaxpr(jax.grad(loss_chunk, (0, 1)))(h, w))
+    assert ("remat" in text or "checkpoint" in text) == remat

@@ -1,6 +1,6 @@
 """Policy forward+backward throughput: our jitted Gemma-3-270M vs transformers PyTorch, same weights.
 
-    python -m lrpo_jax.bench forward [--batch 8] [--length 128] [--micro_batch 4] [--iters 3]
+    python -m lrpo_jax.bench forward [--batch 8] [--length 128] [--micro_batch 4] [--logits_remat 0] [--iters 3]
 
 Line (stdout, JSON):
   forward/gemma3_270m_8x128  tokens/s of one training step's model work: forward over B x T tokens,
@@ -8,7 +8,8 @@ Line (stdout, JSON):
 Ours: log-probs from hidden states chunk by chunk (`rl.logprobs.chunked_logprobs`, the trainer's
 path: [B, T, V] logits never exist), `jax.value_and_grad` under `jax.jit`, gradients accumulated
 over micro-batches of `--micro_batch` rows with `lax.scan` (the trainer's `rl.micro_batch`; on CPU
-512-token chunks keep activations in cache). Peer: Gemma3ForCausalLM on the same HF folder (eager
+512-token chunks keep activations in cache); the logits are kept for the backward pass as in
+configs/demo.py (`rl.logits_remat=False`; `--logits_remat 1` recomputes them, the memory-safe default). Peer: Gemma3ForCausalLM on the same HF folder (eager
 attention, as transformers recommends for Gemma 3), log_softmax over the full logits, `.backward()`,
 timed both whole-batch and with the same micro-batches (gradient accumulation); the faster of the
 two is the peer figure. fp32 on all CPU cores. Context on stderr: compile time, both losses
@@ -43,6 +44,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--length", type=int, default=128)
     p.add_argument("--micro_batch", type=int, default=4)
+    p.add_argument("--logits_remat", type=int, default=0, help="1: recompute the logits in the backward pass")
     p.add_argument("--iters", type=int, default=3)
     args = p.parse_args(argv)
     b, t, mb = args.batch, args.length, args.micro_batch
@@ -63,7 +65,8 @@ def main(argv: list[str]) -> None:
     def loss_fn(p, tok, pos, m):
         model = nnx.merge(graphdef, p)
         hidden, _ = model(tok, pos, m, return_hidden=True)
-        lp, _ = logprobs.chunked_logprobs(hidden[:, :-1], model.unembedding(), tok[:, 1:], with_entropy=False)
+        lp, _ = logprobs.chunked_logprobs(hidden[:, :-1], model.unembedding(), tok[:, 1:], with_entropy=False,
+                                           remat=bool(args.logits_remat))
         return -lp.sum() / (b * (t - 1))  # the whole batch's mean, summed over micro-batches
 
     def accumulate(p, tok, pos, m):
@@ -115,4 +118,5 @@ def main(argv: list[str]) -> None:
                 ours_gflops=round(flops / ours / 1e9, 1), peer_gflops=round(flops / peer / 1e9, 1),
                 peak_gflops=round(peak / 1e9, 1), ours_fraction_of_peak=round(flops / ours / peak, 3))
     common.emit(f"forward/gemma3_270m_{b}x{t}", b * t / ours, b * t / peer, "tokens/s", batch=b, length=t, micro_batch=mb,
+                logits_remat=bool(args.logits_remat),
                 fraction_of_peak=round(flops / ours / peak, 3))

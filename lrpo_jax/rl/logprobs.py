@@ -1,8 +1,11 @@
 """Per-token log-probs and entropy from logits, plus a chunked variant from hidden states.
 
 With Gemma's 262k or Qwen's 152k vocabularies, [B, T, V] fp32 logits for a training batch are
-gigabytes; the chunked path scans over sequence chunks and rematerialises each chunk's logits in
-the backward pass, so peak memory is one chunk of logits.
+gigabytes; the chunked path scans over sequence chunks and (by default) rematerialises each chunk's
+logits in the backward pass, so peak memory is one chunk of logits. That costs a fourth pass of the
+output-projection matmul (forward, recompute, two gradients): where the logits fit in memory,
+`remat=False` keeps them instead (Gemma-3-270M fwd+bwd on 2 CPU cores, 4 x 127 tokens per
+micro-batch: 1.2-1.4x faster, ~0.5 GB of kept logits).
 """
 from __future__ import annotations
 
@@ -25,9 +28,10 @@ def entropy(logits: jax.Array, temperature: float | jax.Array = 1.0) -> jax.Arra
 
 def chunked_logprobs(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, *,
                      temperature: float | jax.Array = 1.0, chunk: int = 128,
-                     with_entropy: bool = True) -> tuple[jax.Array, jax.Array | None]:
+                     with_entropy: bool = True, remat: bool = True) -> tuple[jax.Array, jax.Array | None]:
     """Log-probs (and entropy) of `targets` [B, T] from final hidden states [B, T, D] and the
-    output projection `unembed` [D, V], never holding more than [B, chunk, V] logits."""
+    output projection `unembed` [D, V]. With `remat`, never more than [B, chunk, V] logits are held;
+    without, the backward pass reuses every chunk's forward logits (B x T x V fp32 kept)."""
     b, t, _ = hidden.shape
     chunk = min(chunk, t)
     pad = (-t) % chunk
@@ -38,13 +42,13 @@ def chunked_logprobs(hidden: jax.Array, unembed: jax.Array, targets: jax.Array, 
     hs = hidden.reshape(b, n, chunk, -1).swapaxes(0, 1)
     ts = targets.reshape(b, n, chunk).swapaxes(0, 1)
 
-    @jax.checkpoint
     def one(h, tgt):
         logits = jnp.einsum("bcd,dv->bcv", h, unembed.astype(h.dtype), preferred_element_type=jnp.float32)
         lp = token_logprobs(logits, tgt, temperature)
         return lp, entropy(logits, temperature) if with_entropy else jnp.zeros_like(lp)
 
-    _, (lp, ent) = jax.lax.scan(lambda c, x: (c, one(*x)), None, (hs, ts))
+    body = jax.checkpoint(one) if remat else one
+    _, (lp, ent) = jax.lax.scan(lambda c, x: (c, body(*x)), None, (hs, ts))
     lp = lp.swapaxes(0, 1).reshape(b, -1)[:, :t]
     ent = ent.swapaxes(0, 1).reshape(b, -1)[:, :t]
     return lp, (ent if with_entropy else None)
