@@ -49,6 +49,14 @@ def test_skip_bad_rows_counts_by_field():
         schema.validate_rows(rows, **V)
 
 
+def test_duplicate_ids_name_both_rows():
+    rows = [_row(id="a"), _row(id="b"), _row(id="a", answer="Anna ist 8 Jahre alt.")]
+    with pytest.raises(schema.DataError, match=r"row 2, field id: duplicate id 'a' \(first used by row 0\)"):
+        schema.validate_rows(rows, **V)
+    ok, skipped = schema.validate_rows(rows, skip_bad_rows=True, **V)
+    assert [e.id for e in ok] == ["a", "b"] and skipped == {"id": 1}
+
+
 def test_jsonl_parquet_round_trip(tmp_path):
     exs, _ = schema.validate_rows([_row(), _row(extra_info={"language": "ja", "region": []})], **V)
     sources.write_jsonl(exs, tmp_path / "d.jsonl")

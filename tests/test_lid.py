@@ -32,7 +32,10 @@ def test_gate_semantics_and_reasons(model):
     assert codes[0] == "de" and codes[1] == "en" and codes[2] is None
     assert reasons == {"match": 2, "other_language": 1, "empty": 1, "no_text": 1}
     soft, _, _ = model.gate(texts, targets, mode="soft")
-    assert 0.5 < soft[0] <= 1 and soft[1] < 0.2 and soft[2] == 0
+    assert 0.5 < soft[0] <= 1 and 0 < soft[1] < 0.2 and soft[2] == 0
+    thr = soft[0] / 2  # the threshold applies to the soft gate too
+    np.testing.assert_array_equal(model.gate(texts, targets, mode="soft", threshold=thr)[0],
+                                  np.where(soft >= thr, soft, 0.0))
     strict, _, reasons = model.gate(["Ja"], ["de"], threshold=0.99)
     assert strict[0] == 0 and reasons["below_threshold"] == 1
     with pytest.raises(ValueError, match="target language 'xx'"):

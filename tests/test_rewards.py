@@ -63,14 +63,16 @@ def test_combined_reward_components_and_reasons():
     assert res.reasons["answer/no_number"] == 1
 
 
-def test_online_calibration_moves_only_gate_passing_pairs():
+@pytest.mark.parametrize("gate", ["hard", "none"])
+def test_online_calibration_moves_only_in_language_pairs(gate):
     model = combine.RewardModel(_FakeSim(), lid.LanguageID(("de", "en")), _table(), calibration="mean",
-                                languages=("de", "en"))
+                                gate=gate, languages=("de", "en"))
     responses = ["Die Antwort ist zwanzig, also 20.", "The answer is twenty, so 20.", "Katze Hund Maus 20"]
     targets = ["de", "de", "de"]
     res = model.score(responses, targets, ["k0"] * 3, ["Die Lösung ist 20."] * 3, ["de"] * 3)
     model.adapt(res, ["de"] * 3, targets, rate=0.5)
-    # Gate-passing de->de rollouts have cos 1.0 and 0.6 (row 1 is English: gate 0, excluded).
+    # In-language de->de rollouts have cos 1.0 and 0.6; row 1 is English: excluded even when no
+    # gate zeroes its reward (gate "none").
     want = _table().mean.copy()
     want[0, 0] = 0.5 * 0.95 + 0.5 * (1.0 + 0.6) / 2
     np.testing.assert_allclose(np.asarray(model.table.mean), want, atol=1e-6)

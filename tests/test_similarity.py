@@ -58,8 +58,13 @@ def test_similarity_rowwise_and_reference_cache(model):
     np.testing.assert_allclose(s, [e[0] @ e[1], e[1] @ e[2], e[2] @ e[3]], atol=1e-5)
     cache = ReferenceCache(model)
     a = cache.get(["q1", "q2"], TEXTS[:2])
-    b = cache.get(["q2", "q1", "q3"], ["ignored", "ignored", TEXTS[2]])  # cached keys are not re-embedded
+    b = cache.get(["q2", "q1", "q3"], [TEXTS[1], TEXTS[0], TEXTS[2]])  # cached keys are not re-embedded
     np.testing.assert_allclose(b[:2], a[::-1], atol=0)
     assert len(cache) == 3
+    # One key, two texts (duplicate example ids): an error, not one prompt scored against another's reference.
+    with pytest.raises(ValueError, match="'q1' stands for two different reference texts"):
+        cache.get(["q1"], [TEXTS[3]])
+    with pytest.raises(ValueError, match="'q9' stands for two"):
+        cache.get(["q9", "q9"], [TEXTS[0], TEXTS[1]])
     with pytest.raises(ValueError, match="equal-length"):
         model.similarity(["a"], ["b", "c"])

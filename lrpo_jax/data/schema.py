@@ -111,10 +111,16 @@ def validate_rows(rows: Iterable[Mapping[str, Any]], *, languages: vocab_lib.Voc
     """Parses every row. With skip_bad_rows, bad rows are dropped and counted by field; otherwise
     the first bad row raises DataError."""
     out, skipped = [], collections.Counter()
+    first_row: dict[str, int] = {}  # id -> row: ids key the reward's reference cache, so they must be unique
     for i, row in enumerate(rows):
         try:
-            out.append(parse_row(row, i, languages=languages, topics=topics, regions=regions,
-                                 default_topic=default_topic, where=where))
+            ex = parse_row(row, i, languages=languages, topics=topics, regions=regions,
+                           default_topic=default_topic, where=where)
+            if ex.id in first_row:
+                raise DataError(f"{where} {i}, field id: duplicate id {ex.id!r} (first used by {where} "
+                                f"{first_row[ex.id]}); each example needs its own id")
+            first_row[ex.id] = i
+            out.append(ex)
         except DataError as e:
             if not skip_bad_rows:
                 raise

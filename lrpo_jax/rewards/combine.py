@@ -1,4 +1,6 @@
-"""The LRPO reward: r = w_sim * calibrate(sim(response, reference)) * gate + w_ans * answer_match.
+"""The LRPO reward: r = (w_sim * calibrate(sim(response, reference)) + w_ans * answer_match) * gate.
+
+The gate multiplies both terms: a correct answer in a language other than the routed one earns 0.
 
 Every component is returned separately so the trainer can log it per language, and every zero
 has a counted reason (empty response, no language content, other language, NaN similarity,
@@ -96,8 +98,11 @@ class RewardModel:
         similar a correct answer in that language scores."""
         if self.table is None or not rate:
             return
-        sim, gate = result.components["similarity"], result.components["gate"]
-        weight = (gate > 0) & np.isfinite(sim)  # empty or code-only text never passes the gate
+        sim = result.components["similarity"]
+        # The LID top-1 itself, not the gate value: with gate "soft" or "none" the gate is positive
+        # for off-language text too. Empty or code-only text has no prediction (None).
+        in_target = np.array([p is not None and p == t for p, t in zip(result.predicted_language, targets)])
+        weight = in_target & np.isfinite(sim)
         a = self.table.lang_ids(ref_langs, "reference language")
         b = self.table.lang_ids(targets, "response language")
         self.table = calib_lib.online_update(self.table, jnp.asarray(sim), jnp.asarray(a), jnp.asarray(b),

@@ -110,7 +110,8 @@ class LanguageID:
         """Gate values [N] in [0, 1], predicted codes (object array) and reason counts.
 
         mode "hard": 1 iff top-1 == target (and its probability >= threshold); "soft": the
-        probability of the target; "none": always 1 (predictions are still made for metrics).
+        probability of the target, 0 below `threshold`; "none": always 1 (predictions are still
+        made for metrics).
         """
         if mode not in ("hard", "soft", "none"):
             raise ValueError(f"reward.gate={mode!r}; expected 'hard', 'soft' or 'none'")
@@ -133,6 +134,7 @@ class LanguageID:
                 values[i] = 1.0
         if mode == "soft":
             values = self.target_probability(texts, targets)
+            values = np.where(values >= threshold, values, 0.0).astype(np.float32)
         elif mode == "none":
             values = np.ones(len(texts), np.float32)
         return values, np.array(codes, dtype=object), counts

@@ -111,23 +111,33 @@ class SimilarityModel:
 
 
 class ReferenceCache:
-    """Embeddings of reference answers, computed once per key (e.g. the prompt's id)."""
+    """Embeddings of reference answers, computed once per key (e.g. the prompt's id).
+
+    A key seen with a different text raises: two prompts sharing an id would otherwise be scored
+    against one of their references, silently."""
 
     def __init__(self, model: SimilarityModel, max_entries: int = 200_000):
         self.model, self.max_entries = model, max_entries
-        self._cache: dict[Hashable, np.ndarray] = {}
+        self._cache: dict[Hashable, tuple[str, np.ndarray]] = {}
 
     def __len__(self):
         return len(self._cache)
 
     def get(self, keys: Sequence[Hashable], texts: Sequence[str]) -> np.ndarray:
-        missing = {k: t for k, t in zip(keys, texts) if k not in self._cache}
+        missing: dict[Hashable, str] = {}
+        for k, t in zip(keys, texts):
+            known = self._cache[k][0] if k in self._cache else missing.get(k)
+            if known is not None and known != t:
+                raise ValueError(f"reference key {k!r} stands for two different reference texts "
+                                 f"({known[:60]!r}... and {t[:60]!r}...): example ids must be unique")
+            if k not in self._cache:
+                missing[k] = t
         if missing:
             if len(self._cache) + len(missing) > self.max_entries:
                 self._cache.clear()  # bounded memory on huge datasets; recomputing is cheap
-            for k, e in zip(missing, self.model.embed(list(missing.values()))):
-                self._cache[k] = e
-        return np.stack([self._cache[k] for k in keys])
+            for (k, t), e in zip(missing.items(), self.model.embed(list(missing.values()))):
+                self._cache[k] = (t, e)
+        return np.stack([self._cache[k][1] for k in keys])
 
 
 def cosine(a: np.ndarray | jax.Array, b: np.ndarray | jax.Array) -> jax.Array:
