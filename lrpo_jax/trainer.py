@@ -23,7 +23,7 @@ import optax
 
 from lrpo_jax import checkpoint, compile_cache, config_lib, metrics as metrics_lib, parallel, policy as policy_lib
 from lrpo_jax import router as router_lib
-from lrpo_jax import router_log
+from lrpo_jax import router_log, vocab
 from lrpo_jax.data import iterator as iterator_lib
 from lrpo_jax.data import prompts as prompts_lib
 from lrpo_jax.data import sources
@@ -70,8 +70,49 @@ def calibration_table(cfg, similarity: SimilarityModel, languages, progress: boo
 # ==================================================================================================
 # Config validation: every problem names its key.
 # ==================================================================================================
+def _choices_and_ranges(cfg) -> None:
+    """Enumerated settings and numeric ranges, checked before anything loads: a typo must not
+    surface only after the first sampling pass."""
+    choices = {
+        "data.source": ("gsm_symbolic", "mgsm", "parquet", "jsonl", "care_json"),
+        "prompt.chat_template": ("auto", "never", "always"),
+        "router.norm": router_lib.NORMS,
+        "reward.pooling": ("mean", "cls"),
+        "reward.calibration": ("raw", "mean", "quantile"),
+        "reward.missing_pair": calib_lib.FALLBACKS,
+        "reward.gate": ("hard", "soft", "none"),
+        "rl.loss_agg": grpo.AGG_MODES,
+        "rl.kl_type": grpo.KL_TYPES + tuple(k + "+" for k in grpo.KL_TYPES),
+    }
+    for key, allowed in choices.items():
+        value = cfg[key.split(".")[0]][key.split(".")[1]]
+        if value not in allowed:
+            raise ValueError(f"config.{key}={value!r}; expected one of {tuple(allowed)}")
+    ranges = {  # key: (low, high, low inclusive)
+        "router.alpha": (0.0, 1.0, False), "router.eps_init": (0.0, 1.0, True), "router.eps_min": (0.0, 1.0, True),
+        "router.eps_decay": (0.0, 1.0, False), "router.tau_init": (0.0, float("inf"), False),
+        "router.tau_min": (0.0, float("inf"), False), "router.tau_decay": (0.0, 1.0, False),
+        "router.update_every": (1, float("inf"), True), "reward.gate_threshold": (0.0, 1.0, True),
+        "rollout.K": (1, float("inf"), True), "rollout.temperature": (0.0, float("inf"), True),
+        "rollout.top_p": (0.0, 1.0, False), "rollout.top_k": (0, float("inf"), True),
+        "rl.clip_low": (0.0, 1.0, True), "rl.clip_high": (0.0, float("inf"), True),
+    }
+    for key, (low, high, inclusive) in ranges.items():
+        value = cfg[key.split(".")[0]][key.split(".")[1]]
+        if not (low <= value <= high if inclusive else low < value <= high):
+            raise ValueError(f"config.{key}={value!r} must be within {'[' if inclusive else '('}{low}, {high}]")
+    if cfg.rl.clip_c <= 1:
+        raise ValueError(f"config.rl.clip_c={cfg.rl.clip_c!r} must be > 1 (dual-clip bound on negative advantages)")
+    if cfg.router.fixed_mix:
+        if not cfg.router.enabled:
+            raise ValueError("config.router.fixed_mix is set but config.router.enabled=False (every rollout in the "
+                             "question's language) would ignore it")
+        fixed_mix_probs(cfg.router.fixed_mix, vocab.language_vocab(tuple(cfg.router.languages)))
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     config_lib.check_keys(cfg, config_lib.base_config())
+    _choices_and_ranges(cfg)
     K, P = cfg.rollout.K, cfg.data.prompts_per_step
     if not 0 <= cfg.router.K_on <= K:
         raise ValueError(f"config.router.K_on={cfg.router.K_on} must be within [0, config.rollout.K={K}]")
@@ -355,7 +396,12 @@ def fixed_mix_probs(mix: str, languages) -> np.ndarray:
     for part in filter(None, (p.strip() for p in mix.split(","))):
         code, _, w = part.partition(":")
         idx = len(languages) if code.strip() == "own" else languages.index(code.strip(), "config.router.fixed_mix")
-        probs[idx] = float(w)
+        try:
+            probs[idx] = float(w)
+        except ValueError:
+            raise ValueError(f"config.router.fixed_mix entry {part!r}: expected 'code:weight' with a number") from None
+        if not np.isfinite(probs[idx]) or probs[idx] < 0:
+            raise ValueError(f"config.router.fixed_mix entry {part!r}: weights must be finite and >= 0")
     if probs.sum() <= 0:
         raise ValueError(f"config.router.fixed_mix={mix!r} has no positive weight")
     return probs / probs.sum()

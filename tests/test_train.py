@@ -90,6 +90,18 @@ def test_exact_resume_after_sigkill(uninterrupted, tmp_path):
     (lambda c: c.data.__setattr__("languages", ("de", "sw")), r"config.data.languages \['sw'\] are not router arms"),
     (lambda c: c.rollout.__setattr__("temprature", 0.7), r"unknown config key 'config.rollout.temprature'"),
     (lambda c: c.prompt.__setattr__("mode", "magic"), r"prompt.mode='magic'"),
+    # Enumerations and ranges are checked at start-up, not at first use after a sampling pass.
+    (lambda c: c.router.__setattr__("norm", "z"), r"config.router.norm='z'; expected one of"),
+    (lambda c: c.rl.__setattr__("kl_type", "k4"), r"config.rl.kl_type='k4'; expected one of"),
+    (lambda c: c.reward.__setattr__("gate", "maybe"), r"config.reward.gate='maybe'"),
+    (lambda c: c.reward.__setattr__("pooling", "max"), r"config.reward.pooling='max'"),
+    (lambda c: c.router.__setattr__("alpha", 0.0), r"config.router.alpha=0.0 must be within \(0.0, 1.0\]"),
+    (lambda c: c.router.__setattr__("eps_init", 1.5), r"config.router.eps_init=1.5 must be within"),
+    (lambda c: c.rl.__setattr__("clip_c", 0.5), r"config.rl.clip_c=0.5 must be > 1"),
+    (lambda c: c.router.__setattr__("fixed_mix", "own:0.5,en:-0.2,de:0.1"), r"entry 'en:-0.2': weights must be"),
+    (lambda c: c.router.__setattr__("fixed_mix", "own:0.5,en:"), r"entry 'en:': expected 'code:weight'"),
+    (lambda c: (c.router.__setattr__("fixed_mix", "own:1"), c.router.__setattr__("enabled", False)),
+     r"fixed_mix is set but config.router.enabled=False"),
 ])
 def test_config_validation_names_the_key(override, message):
     cfg = _smoke()
