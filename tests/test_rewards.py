@@ -105,6 +105,35 @@ def test_builder_samples_and_held_out_diagnostic():
     assert calibrate._auc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
 
 
+def test_a_table_built_for_another_encoder_or_pooling_is_refused():
+    from lrpo_jax import trainer
+    table = _table().replace(provenance=json.dumps({"encoder": "shipped:e5_small", "pooling": "mean"}))
+    trainer.check_table_encoder(table, "shipped:e5_small", "mean", "t.npz")
+    with pytest.raises(ValueError, match=r"t.npz was built with encoder 'shipped:e5_small' and mean pooling, but "
+                                         r"this run uses config.reward.encoder='hf:/m/mmbert'"):
+        trainer.check_table_encoder(table, "hf:/m/mmbert", "mean", "t.npz")
+    with pytest.raises(ValueError, match="reward.pooling='cls'"):
+        trainer.check_table_encoder(table, "shipped:e5_small", "cls", "t.npz")
+    old = _table().replace(provenance=json.dumps({"encoder": "shipped:e5_small"}))  # before pooling was recorded
+    trainer.check_table_encoder(old, "shipped:e5_small", "mean", "t.npz")
+
+
+def test_embedding_cache_is_keyed_by_the_encoder_setup(tmp_path):
+    class Counting:
+        calls = 0
+
+        def embed(self, texts):
+            Counting.calls += 1
+            return np.ones((len(texts), 4), np.float32)
+
+    mk = lambda pid, lang: schema.Example(id=f"{pid}{lang}", question="q", answer=f"a {pid} {lang}", topic="t",  # noqa: E731
+                                          regions=(), language=lang, pair_id=pid)
+    items = calibrate.parallel_items([mk(p, lang) for p in "abc" for lang in ("de", "en")], ("de", "en"))
+    for key, calls in (("e5|mean|512", 2), ("e5|mean|512", 2), ("e5|cls|512", 4)):
+        calibrate.embed_answers(Counting(), items, ("de", "en"), tmp_path, progress=False, model_key=key)
+        assert Counting.calls == calls, key  # same set-up: read from the cache; other pooling: re-embedded
+
+
 def test_parallel_items_require_two_languages():
     mk = lambda pid, lang: schema.Example(id=f"{pid}{lang}", question="q", answer="a", topic="t", regions=(),  # noqa: E731
                                           language=lang, pair_id=pid)
