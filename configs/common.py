@@ -84,7 +84,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.reward.calibration = "mean"            # raw | mean | quantile
     c.reward.table = "auto"                  # path to a table .npz, or "auto" = build/cache from shipped data
     c.reward.table_items = 100               # "auto": parallel gsm-symbolic items per language
-    c.reward.missing_pair = "error"          # error | raw | mu_ref
+    c.reward.missing_pair = "error"          # error | raw (uncalibrated) | mu_ref (an average pair), counted
     c.reward.online_rate = 0.0               # >0: online update of pair means from rollouts
     c.reward.gate = "hard"                   # hard | soft | none
     c.reward.gate_threshold = 0.0

@@ -88,6 +88,26 @@ def test_missing_language_pair_fails_at_start_up():
         combine.RewardModel(_FakeSim(), lid.LanguageID(("de",)), None, calibration="mean", languages=("de",))
 
 
+@pytest.mark.parametrize("calibration,fallback,want", [
+    ("quantile", "raw", 0.6),                          # clip(raw, 0, 1), as the reference
+    ("quantile", "mu_ref", (0.6 - 0.4) / (2.9 / 3 - 0.4)),  # the present pairs' average grid [0.4, 2.9/3]
+    ("mean", "raw", 0.8),                              # (raw + 1) / 2
+    ("mean", "mu_ref", 0.8),                           # mean mu_ref: no shift, the same as raw
+])
+def test_missing_pair_fallbacks_score_and_count(calibration, fallback, want):
+    present = np.array([[True, True], [False, True]])  # en->de absent; fr not in the table at all
+    table = _table().replace(quantiles=np.array([[[0.5, 1.0], [0.3, 0.9]], [[0.0, 0.0], [0.4, 1.0]]], np.float32),
+                             present=present).indexed(8)
+    model = combine.RewardModel(_FakeSim(), lid.LanguageID(("de", "en", "fr")), table, calibration=calibration,
+                                missing_pair=fallback, languages=("de", "en", "fr"))
+    # Both rows have cosine 0.6 to their reference; de->fr and en->de have no statistics.
+    res = model.score(["La réponse est vingt, donc 20.", "Katze Hund Maus 20"], ["fr", "de"], ["k0", "k1"],
+                      ["Die Lösung ist 20.", "Die Lösung ist 20."], ["de", "en"])
+    assert res.components["gate"].tolist() == [1.0, 1.0]
+    np.testing.assert_allclose(res.reward, [want, want], atol=1e-5)
+    assert res.reasons["calibration_fallback"] == 2
+
+
 def test_builder_samples_and_held_out_diagnostic():
     rng = np.random.default_rng(0)
     langs = ("de", "en", "ja")

@@ -104,8 +104,38 @@ class CalibrationTable:
         return np.array([self.index(c, where) for c in codes], np.int32)
 
 
-def mean_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, lam: float = 1.0, clip: bool = True,
-                   fallback: str = "raw"):
+def with_fallback(table: CalibrationTable, languages: Sequence[str], fallback: str):
+    """The table a run with reward.missing_pair=`fallback` scores with, and its absent mask.
+
+    Languages the table lacks are added as absent rows/columns (so they look up, not raise, mid-run).
+    'raw': absent pairs stay absent: the raw score, clip(sim, 0, 1) for quantile and (sim + 1) / 2
+    for mean. 'mu_ref': absent pairs are scored as an average pair: mean mu_ref (no shift, the same
+    as 'raw' for mean calibration) and, for quantile, the average of the present pairs' grids and
+    anchors. Either way, the absent mask [L, L] is what the reward counts as calibration fallbacks."""
+    if fallback not in FALLBACKS or fallback == "error":
+        raise ValueError(f"reward.missing_pair={fallback!r}: with_fallback takes 'raw' or 'mu_ref'")
+    langs = tuple(table.languages) + tuple(dict.fromkeys(c for c in languages if c not in table.languages))
+    n0, n = len(table.languages), len(langs)
+
+    def grow(x, fill):
+        x = np.asarray(x)
+        out = np.full((n, n) + x.shape[2:], fill, x.dtype)
+        out[:n0, :n0] = x
+        return out
+
+    mean, ub, counts = grow(table.mean, 0.0), grow(table.ub, 1.0), grow(table.counts, 0.0)
+    quant, present = grow(table.quantiles, 0.0), grow(table.present, False)
+    absent = ~present
+    if fallback == "mu_ref" and absent.any() and present.any():
+        quant[absent], ub[absent] = quant[present].mean(0), ub[present].mean()
+        mean[absent] = float(table.mu_ref)
+        present = np.ones_like(present)
+    out = table.replace(mean=jnp.asarray(mean), quantiles=jnp.asarray(quant), ub=jnp.asarray(ub),
+                        counts=jnp.asarray(counts), present=jnp.asarray(present), languages=langs)
+    return out.indexed(table.search.cells if table.search is not None else 1024), absent
+
+
+def mean_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, lam: float = 1.0, clip: bool = True):
     """Mean-shift calibration -> (reward in [0, 1], missing mask). Language args are table indices."""
     present = table.present[ref_lang, resp_lang]
     shift = lam * (table.mean[ref_lang, resp_lang] - table.mu_ref)

@@ -40,10 +40,12 @@ class RewardModel:
             raise ValueError(f"reward.calibration={calibration!r}; expected raw, mean or quantile")
         if similarity_weight and similarity is None:
             raise ValueError("reward.similarity_weight > 0 needs an encoder")
+        self._absent = None  # [L, L] pairs scored by the reward.missing_pair fallback
         if calibration != "raw":
             if table is None:
                 raise ValueError(f"reward.calibration={calibration!r} needs a calibration table")
-            table.check_covers(languages, missing_pair)
+            if table.check_covers(languages, missing_pair):  # raises for 'error'
+                table, self._absent = calib_lib.with_fallback(table, languages, missing_pair)
         self.sim, self.lid, self.table = similarity, lid, table
         self.calibration, self.gate_mode, self.threshold = calibration, gate, gate_threshold
         self.w_sim, self.w_ans = similarity_weight, answer_weight
@@ -78,8 +80,9 @@ class RewardModel:
                 a = b = np.zeros(n, np.int32)
             cal, missing = self._calibrate(self.table, jnp.asarray(sim), jnp.asarray(a), jnp.asarray(b))
             calibrated = np.where(bad, 0.0, np.asarray(cal))
-            if np.asarray(missing).any():
-                reasons["calibration_fallback"] += int(np.asarray(missing).sum())
+            fallback = np.asarray(missing) if self._absent is None else self._absent[a, b]
+            if fallback.any():
+                reasons["calibration_fallback"] += int(fallback.sum())
         empty = np.array([not str(r).strip() for r in responses])
         answer = np.zeros(n, np.float32)
         if self.w_ans:
