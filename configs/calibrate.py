@@ -19,11 +19,15 @@ MGSM_LANGS = "bn+de+en+es+fr+ja+ru+sw+te+th+zh"
 
 def get_config(arg=None):
     a = config_lib.parse_arg(arg, source="gsm_symbolic", path="", langs=DEMO_LANGS, encoder="shipped:e5_small",
-                            max_items=0, field="answer")
+                            max_items=0, field="answer", same_language="identity")
     c = ml_collections.ConfigDict()
     c.languages = tuple(a.langs.split("+"))
     c.encoder = a.encoder
     c.pooling = "mean"                       # mean | cls: must match the trainer's reward.pooling
+    # One text per item and language: a same-language "equivalent" is the text itself (sim 1.0).
+    # identity: keep it (own-language rewards shifted by mu_ref - 1); absent: leave (a, a) pairs out
+    # (run with reward.missing_pair=raw|mu_ref).
+    c.same_language = a.same_language
     c.text_field = a.field                   # answer | question (MGSM answers are bare numbers)
     c.max_length = 512
     c.mismatches = 4

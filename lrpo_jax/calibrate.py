@@ -9,6 +9,11 @@ the reference never released its builder):
 * equivalent:    the same item's answer in a and in b;
 * mismatched:    `mismatches` random other items;
 * hard negative: the `hard_negatives` most similar other items.
+An item has one text per language, so a same-language pair's "equivalent" is the text itself
+(similarity 1.0, not a paraphrase): `same_language="identity"` keeps those samples (the mean
+calibration then shifts own-language rewards by mu_ref - 1), "absent" leaves same-language pairs out
+of the table, for `reward.missing_pair` to handle. The diagnostic never counts them: an identical
+pair measures nothing.
 Texts are the items' answers (or questions: `text_field`, for data whose answers are bare numbers
 such as MGSM). Embeddings are cached per language in the workdir (`emb_<field>_<lang>.npz`), so an interrupted build resumes
 without re-embedding. A diagnostic (JSON + PNG) fits the table on half of the items and measures on
@@ -88,14 +93,22 @@ def _is_number(text: str) -> bool:
         return False
 
 
+SAME_LANGUAGE = ("identity", "absent")
+
+
 def similarity_samples(embeddings: dict, languages: Sequence[str], *, mismatches: int = 4, hard_negatives: int = 2,
-                       seed: int = 0, subset: set[str] | None = None):
-    """Labelled samples (ref_lang, resp_lang, kind, sim) for every ordered pair of `languages`."""
+                       seed: int = 0, subset: set[str] | None = None, same_language: str = "identity"):
+    """Labelled samples (ref_lang, resp_lang, kind, sim) for every ordered pair of `languages`
+    (same-language pairs per `same_language`, see the module docstring)."""
+    if same_language not in SAME_LANGUAGE:
+        raise ValueError(f"same_language={same_language!r}; expected one of {SAME_LANGUAGE}")
     rng = np.random.default_rng(seed)
     ref, resp, kind, sims = [], [], [], []
     for a_i, a in enumerate(languages):
         ids_a, emb_a = embeddings[a]
         for b_i, b in enumerate(languages):
+            if a == b and same_language == "absent":
+                continue
             ids_b, emb_b = embeddings[b]
             common = [p for p in ids_a if p in set(ids_b) and (subset is None or p in subset)]
             if len(common) < 3:
@@ -118,14 +131,16 @@ def similarity_samples(embeddings: dict, languages: Sequence[str], *, mismatches
 
 def build_table(model, examples: Sequence[Example], languages: Sequence[str], *, cache_dir=None,
                 mismatches: int = 4, hard_negatives: int = 2, num_levels: int = 101, seed: int = 0,
-                provenance: dict | None = None, progress: bool = True) -> calib_lib.CalibrationTable:
+                provenance: dict | None = None, progress: bool = True,
+                same_language: str = "identity") -> calib_lib.CalibrationTable:
     items = parallel_items(examples, languages)
     if not items:
         raise ValueError(f"no parallel items (shared pair_id) for languages {list(languages)}")
     emb = embed_answers(model, items, languages, cache_dir, progress)
-    samples = similarity_samples(emb, languages, mismatches=mismatches, hard_negatives=hard_negatives, seed=seed)
+    samples = similarity_samples(emb, languages, mismatches=mismatches, hard_negatives=hard_negatives, seed=seed,
+                                 same_language=same_language)
     return calib_lib.build(tuple(languages), *samples, num_levels=num_levels,
-                           provenance={"items": len(items), **(provenance or {})})
+                           provenance={"items": len(items), "same_language": same_language, **(provenance or {})})
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -142,7 +157,8 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 def diagnose(embeddings: dict, languages: Sequence[str], *, seed: int = 0, num_levels: int = 101) -> dict:
     """Fit on half the items, evaluate on the other half: spread of equivalent means across pairs
-    (raw vs mean- vs quantile-calibrated) and per-pair equivalent-vs-mismatched AUC."""
+    (raw vs mean- vs quantile-calibrated) and per-pair equivalent-vs-mismatched AUC, over the
+    cross-language pairs (a same-language "equivalent" is the identical text: it measures nothing)."""
     import jax.numpy as jnp
     all_ids = sorted(set().union(*[set(embeddings[lang][0]) for lang in languages]))
     rng = np.random.default_rng(seed)
@@ -163,7 +179,7 @@ def diagnose(embeddings: dict, languages: Sequence[str], *, seed: int = 0, num_l
     for ai, la in enumerate(languages):
         for bi, lb in enumerate(languages):
             sel = (a == ai) & (b == bi)
-            if not sel.any() or not bool(table.present[ai, bi]):
+            if ai == bi or not sel.any() or not bool(table.present[ai, bi]):
                 continue
             entry = {}
             for m, v in scores.items():
@@ -194,7 +210,8 @@ def plot_report(report: dict, embeddings_table: calib_lib.CalibrationTable, path
     axes[0].set_title("raw equivalent-pair mean cosine\n(row: reference, col: response)")
     fig.colorbar(im, ax=axes[0], fraction=0.046)
     for m, ax_i in (("raw", 1), ("mean", 1), ("quantile", 1)):
-        vals = [p[m]["equivalent_mean"] * (0.5 if m == "raw" else 1.0) for p in report["pairs"].values()]
+        vals = [(p[m]["equivalent_mean"] + 1) / 2 if m == "raw" else p[m]["equivalent_mean"]
+                for p in report["pairs"].values()]
         axes[ax_i].hist(vals, bins=30, alpha=0.6, label=f"{m} (std {np.std(vals):.4f})")
     axes[1].set_title("held-out equivalent-pair means across pairs\n(raw on the (s+1)/2 scale)")
     axes[1].legend()
@@ -235,10 +252,12 @@ def main(argv=None):
         emb = embed_answers(model, items, langs, out, field=cfg.text_field,
                             model_key=f"{cfg.encoder}|{cfg.pooling}|{cfg.max_length}")
         table = calib_lib.build(langs, *similarity_samples(emb, langs, mismatches=cfg.mismatches,
-                                                           hard_negatives=cfg.hard_negatives, seed=cfg.seed),
+                                                           hard_negatives=cfg.hard_negatives, seed=cfg.seed,
+                                                           same_language=cfg.same_language),
                                 num_levels=cfg.num_levels,
                                 provenance={"encoder": cfg.encoder, "pooling": cfg.pooling, "data": cfg.data.source,
-                                            "items": len(items), "field": cfg.text_field})
+                                            "items": len(items), "field": cfg.text_field,
+                                            "same_language": cfg.same_language})
         path = calib_lib.save(table, out / "table")
         report = diagnose(emb, langs, seed=cfg.seed, num_levels=cfg.num_levels)
         (out / "report.json").write_text(json.dumps(report, indent=2))

@@ -120,8 +120,16 @@ def test_builder_samples_and_held_out_diagnostic():
     assert len(sim) == 9 * 40 * 6 and set(kind.tolist()) == {0, 1, 2}
     eq = sim[kind == 0]
     assert eq.mean() > sim[kind == 1].mean() + 0.3
+    # A same-language "equivalent" is the text itself: kept ("identity") or left out ("absent").
+    same = (a == b) & (kind == 0)
+    np.testing.assert_allclose(sim[same], 1.0, atol=1e-5)
+    a2, b2, kind2, _ = calibrate.similarity_samples(emb, langs, mismatches=3, hard_negatives=2, same_language="absent")
+    assert len(kind2) == 6 * 40 * 6 and not (a2 == b2).any()
+    table = calib_lib.build(langs, a2, b2, kind2, _, num_levels=11)
+    assert not np.diag(np.asarray(table.present)).any() and np.asarray(table.present).sum() == 6
     report = calibrate.diagnose(emb, langs, num_levels=21)
     assert report["spread_shrink"]["mean"] > 3 and report["max_auc_drop"]["mean"] < 0.01
+    assert len(report["pairs"]) == 6 and "de->de" not in report["pairs"]  # identical pairs measure nothing
     assert calibrate._auc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
 
 
