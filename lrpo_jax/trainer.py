@@ -316,7 +316,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             # --- prompts (host: text)
             with timer("prompts"):
                 prompt_ids = [builder.tokens(ex.question, tgt) for ex, tgt in zip(rows, targets)]
-                length = buckets.pick_bucket(max(map(len, prompt_ids)), cfg.rollout.prompt_buckets, "prompt length")
+                longest = int(np.argmax([len(p) for p in prompt_ids]))
+                length = buckets.pick_bucket(len(prompt_ids[longest]), cfg.rollout.prompt_buckets,
+                                             f"prompt length of example {rows[longest].id!r} (answer language "
+                                             f"{targets[longest]}, config.rollout.prompt_buckets)")
                 p_tokens, p_mask = buckets.left_pad(prompt_ids, length, pad_id)
 
             # --- sample (device)
