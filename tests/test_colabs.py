@@ -97,7 +97,7 @@ def test_calibration_notebook(kernel, workdir):
     assert "(the table of " in text and "languages: ['de', 'en', 'fr', 'ja']" in text
     assert "16/16 ordered pairs present" in text
     assert "samples (encoder): equivalent" in text
-    assert "across-pair spread of equivalent means: raw" in text
+    assert "across-pair spread of cross-language equivalent means: raw" in text
     assert "online_rate = 0.5: pair means after step 3" in text  # the checkpointed online-calibration means
 
 
