@@ -24,9 +24,10 @@ def get_config(arg=None):
     c.languages = tuple(a.langs.split("+"))
     c.encoder = a.encoder
     c.pooling = "mean"                       # mean | cls: must match the trainer's reward.pooling
-    # One text per item and language: a same-language "equivalent" is the text itself (sim 1.0).
-    # identity: keep it (own-language rewards shifted by mu_ref - 1); absent: leave (a, a) pairs out
-    # (run with reward.missing_pair=raw|mu_ref).
+    # Same-language (a, a) equivalents need a second text per item and language (rows repeating
+    # pair_id and language). paraphrase: use those (languages without any: absent); absent: leave
+    # (a, a) out (run with reward.missing_pair=raw|mu_ref); identity: the text with itself (sim 1.0,
+    # own-language rewards shifted by mu_ref - 1), the only option for the shipped data.
     c.same_language = a.same_language
     c.text_field = a.field                   # answer | question (MGSM answers are bare numbers)
     c.max_length = 512

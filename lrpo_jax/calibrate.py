@@ -9,11 +9,15 @@ the reference never released its builder):
 * equivalent:    the same item's answer in a and in b;
 * mismatched:    `mismatches` random other items;
 * hard negative: the `hard_negatives` most similar other items.
-An item has one text per language, so a same-language pair's "equivalent" is the text itself
-(similarity 1.0, not a paraphrase): `same_language="identity"` keeps those samples (the mean
-calibration then shifts own-language rewards by mu_ref - 1), "absent" leaves same-language pairs out
-of the table, for `reward.missing_pair` to handle. The diagnostic never counts them: an identical
-pair measures nothing.
+A same-language pair (a, a) needs two different texts of one item in language a. Data rows that
+repeat an item's pair_id and language are its paraphrases (the first row is the item's text, the
+next one its paraphrase). `same_language` says what to do:
+* "paraphrase": equivalents are (text, paraphrase) pairs; a language without paraphrases has no
+  (a, a) statistics (absent: `reward.missing_pair` handles it);
+* "absent": no same-language statistics;
+* "identity": the text compared with itself (similarity 1.0), the only option with one text per
+  item and language, as in the shipped data: mean calibration then shifts own-language rewards by
+  mu_ref - 1. The diagnostic does not count identical pairs: they measure nothing.
 Texts are the items' answers (or questions: `text_field`, for data whose answers are bare numbers
 such as MGSM). Embeddings are cached per language in the workdir (`emb_<field>_<lang>.npz`), so an interrupted build resumes
 without re-embedding. A diagnostic (JSON + PNG) fits the table on half of the items and measures on
@@ -34,17 +38,35 @@ from lrpo_jax.rewards import calibration as calib_lib
 
 
 def parallel_items(examples: Sequence[Example], languages: Sequence[str]) -> dict[str, dict[str, Example]]:
-    """pair_id -> {language: example}, keeping items present in at least two of `languages`."""
+    """pair_id -> {language: example} (an item's first row per language), keeping items present in
+    at least two of `languages`."""
     items: dict[str, dict[str, Example]] = collections.defaultdict(dict)
     for ex in examples:
         if ex.pair_id and ex.language in languages:
-            items[ex.pair_id][ex.language] = ex
+            items[ex.pair_id].setdefault(ex.language, ex)
     return {k: v for k, v in sorted(items.items()) if len(v) >= 2}
 
 
+def paraphrase_items(examples: Sequence[Example], languages: Sequence[str],
+                     field: str = "answer") -> dict[str, dict[str, Example]]:
+    """pair_id -> {language: example}: an item's second row in a language whose `field` text differs
+    from the first row's (its paraphrase, for same-language equivalents)."""
+    first: dict[tuple[str, str], Example] = {}
+    para: dict[str, dict[str, Example]] = collections.defaultdict(dict)
+    for ex in examples:
+        if not ex.pair_id or ex.language not in languages:
+            continue
+        key = (ex.pair_id, ex.language)
+        if key not in first:
+            first[key] = ex
+        elif getattr(ex, field) != getattr(first[key], field):
+            para[ex.pair_id].setdefault(ex.language, ex)
+    return dict(sorted(para.items()))
+
+
 def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathlib.Path | None = None,
-                  progress: bool = True, field: str = "answer",
-                  model_key: str = "") -> dict[str, tuple[list[str], np.ndarray]]:
+                  progress: bool = True, field: str = "answer", model_key: str = "",
+                  name: str = "emb") -> dict[str, tuple[list[str], np.ndarray]]:
     """language -> (pair ids, embeddings [n, D]) of each item's `field` text, cached per language.
 
     `model_key` names the encoder set-up (encoder, pooling, max length): a cached file made with
@@ -64,7 +86,7 @@ def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathl
         bar = tqdm(total=len(langs), desc="embedding answers", unit="lang")
     for lang in langs:
         ids = [pid for pid, per in items.items() if lang in per]
-        cached = cache_dir / f"emb_{field}_{lang}.npz" if cache_dir else None
+        cached = cache_dir / f"{name}_{field}_{lang}.npz" if cache_dir else None
         if cached and cached.exists():
             with np.load(cached, allow_pickle=False) as f:
                 same_model = str(f["model"]) == model_key if "model" in f.files else not model_key
@@ -93,15 +115,19 @@ def _is_number(text: str) -> bool:
         return False
 
 
-SAME_LANGUAGE = ("identity", "absent")
+SAME_LANGUAGE = ("identity", "absent", "paraphrase")
 
 
 def similarity_samples(embeddings: dict, languages: Sequence[str], *, mismatches: int = 4, hard_negatives: int = 2,
-                       seed: int = 0, subset: set[str] | None = None, same_language: str = "identity"):
+                       seed: int = 0, subset: set[str] | None = None, same_language: str = "identity",
+                       paraphrases: dict | None = None):
     """Labelled samples (ref_lang, resp_lang, kind, sim) for every ordered pair of `languages`
-    (same-language pairs per `same_language`, see the module docstring)."""
+    (same-language pairs per `same_language`, with `paraphrases` in embed_answers' format; see the
+    module docstring)."""
     if same_language not in SAME_LANGUAGE:
         raise ValueError(f"same_language={same_language!r}; expected one of {SAME_LANGUAGE}")
+    if same_language == "paraphrase" and paraphrases is None:
+        raise ValueError("same_language='paraphrase' needs the paraphrase embeddings")
     rng = np.random.default_rng(seed)
     ref, resp, kind, sims = [], [], [], []
     for a_i, a in enumerate(languages):
@@ -113,9 +139,17 @@ def similarity_samples(embeddings: dict, languages: Sequence[str], *, mismatches
             common = [p for p in ids_a if p in set(ids_b) and (subset is None or p in subset)]
             if len(common) < 3:
                 continue
+            if a == b and same_language == "paraphrase":
+                ids_p, emb_p = paraphrases.get(a, ([], None))
+                common = [p for p in common if p in set(ids_p)]
+                if len(common) < 3:
+                    continue
             ia = np.array([ids_a.index(p) for p in common])
             ib = np.array([ids_b.index(p) for p in common])
             s = emb_a[ia] @ emb_b[ib].T  # [n, n], diagonal = equivalent
+            if a == b and same_language == "paraphrase":  # the diagonal: each text vs its paraphrase
+                s[np.arange(len(common)), np.arange(len(common))] = np.einsum(
+                    "nd,nd->n", emb_a[ia], emb_p[np.array([ids_p.index(p) for p in common])])
             n = len(common)
             for i in range(n):
                 others = np.delete(np.arange(n), i)
@@ -137,10 +171,14 @@ def build_table(model, examples: Sequence[Example], languages: Sequence[str], *,
     if not items:
         raise ValueError(f"no parallel items (shared pair_id) for languages {list(languages)}")
     emb = embed_answers(model, items, languages, cache_dir, progress)
+    para = (embed_answers(model, paraphrase_items(examples, languages), languages, cache_dir, progress, name="para")
+            if same_language == "paraphrase" else None)
     samples = similarity_samples(emb, languages, mismatches=mismatches, hard_negatives=hard_negatives, seed=seed,
-                                 same_language=same_language)
-    return calib_lib.build(tuple(languages), *samples, num_levels=num_levels,
-                           provenance={"items": len(items), "same_language": same_language, **(provenance or {})})
+                                 same_language=same_language, paraphrases=para)
+    prov = {"items": len(items), "same_language": same_language, **(provenance or {})}
+    if para is not None:
+        prov["paraphrases"] = {lang: len(ids) for lang, (ids, _) in para.items()}
+    return calib_lib.build(tuple(languages), *samples, num_levels=num_levels, provenance=prov)
 
 
 def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -155,18 +193,21 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 
-def diagnose(embeddings: dict, languages: Sequence[str], *, seed: int = 0, num_levels: int = 101) -> dict:
+def diagnose(embeddings: dict, languages: Sequence[str], *, seed: int = 0, num_levels: int = 101,
+             same_language: str = "identity", paraphrases: dict | None = None) -> dict:
     """Fit on half the items, evaluate on the other half: spread of equivalent means across pairs
     (raw vs mean- vs quantile-calibrated) and per-pair equivalent-vs-mismatched AUC, over the
-    cross-language pairs (a same-language "equivalent" is the identical text: it measures nothing)."""
+    cross-language pairs and, with paraphrases, the same-language ones (an identical "equivalent"
+    measures nothing)."""
     import jax.numpy as jnp
     all_ids = sorted(set().union(*[set(embeddings[lang][0]) for lang in languages]))
     rng = np.random.default_rng(seed)
     fit_ids = set(rng.choice(all_ids, size=len(all_ids) // 2, replace=False).tolist())
     test_ids = set(all_ids) - fit_ids
-    table = calib_lib.build(tuple(languages), *similarity_samples(embeddings, languages, subset=fit_ids, seed=seed),
-                            num_levels=num_levels)
-    a, b, kind, sim = similarity_samples(embeddings, languages, subset=test_ids, seed=seed + 1)
+    same = dict(same_language=same_language, paraphrases=paraphrases)
+    table = calib_lib.build(tuple(languages), *similarity_samples(embeddings, languages, subset=fit_ids, seed=seed,
+                                                                  **same), num_levels=num_levels)
+    a, b, kind, sim = similarity_samples(embeddings, languages, subset=test_ids, seed=seed + 1, **same)
     if not len(sim):
         raise ValueError(f"{len(all_ids)} parallel items are too few for the held-out diagnostic (half fit, half "
                          f"test, each needing mismatched items); use more items")
@@ -179,7 +220,7 @@ def diagnose(embeddings: dict, languages: Sequence[str], *, seed: int = 0, num_l
     for ai, la in enumerate(languages):
         for bi, lb in enumerate(languages):
             sel = (a == ai) & (b == bi)
-            if ai == bi or not sel.any() or not bool(table.present[ai, bi]):
+            if (ai == bi and same_language != "paraphrase") or not sel.any() or not bool(table.present[ai, bi]):
                 continue
             entry = {}
             for m, v in scores.items():
@@ -249,17 +290,26 @@ def main(argv=None):
         model = SimilarityModel.from_folder(shipped.resolve(cfg.encoder), max_length=cfg.max_length,
                                             pooling=cfg.pooling)
         items = parallel_items(examples, langs)
-        emb = embed_answers(model, items, langs, out, field=cfg.text_field,
-                            model_key=f"{cfg.encoder}|{cfg.pooling}|{cfg.max_length}")
+        key = f"{cfg.encoder}|{cfg.pooling}|{cfg.max_length}"
+        emb = embed_answers(model, items, langs, out, field=cfg.text_field, model_key=key)
+        para = None
+        if cfg.same_language == "paraphrase":
+            para = embed_answers(model, paraphrase_items(examples, langs, cfg.text_field), langs, out,
+                                 field=cfg.text_field, model_key=key, name="para")
+        same = dict(same_language=cfg.same_language, paraphrases=para)
+        prov = {"encoder": cfg.encoder, "pooling": cfg.pooling, "data": cfg.data.source, "items": len(items),
+                "field": cfg.text_field, "same_language": cfg.same_language}
+        if para is not None:
+            prov["paraphrases"] = {lang: len(ids) for lang, (ids, _) in para.items()}
+            without = [lang for lang, n in prov["paraphrases"].items() if n < 3]
+            if without:
+                print(f"same-language pairs: no paraphrase rows for {without}: those (a, a) pairs are absent "
+                      f"(reward.missing_pair decides how they score)")
         table = calib_lib.build(langs, *similarity_samples(emb, langs, mismatches=cfg.mismatches,
-                                                           hard_negatives=cfg.hard_negatives, seed=cfg.seed,
-                                                           same_language=cfg.same_language),
-                                num_levels=cfg.num_levels,
-                                provenance={"encoder": cfg.encoder, "pooling": cfg.pooling, "data": cfg.data.source,
-                                            "items": len(items), "field": cfg.text_field,
-                                            "same_language": cfg.same_language})
+                                                           hard_negatives=cfg.hard_negatives, seed=cfg.seed, **same),
+                                num_levels=cfg.num_levels, provenance=prov)
         path = calib_lib.save(table, out / "table")
-        report = diagnose(emb, langs, seed=cfg.seed, num_levels=cfg.num_levels)
+        report = diagnose(emb, langs, seed=cfg.seed, num_levels=cfg.num_levels, **same)
         (out / "report.json").write_text(json.dumps(report, indent=2))
         plot_report(report, table, out / "report.png")
         print(f"table: {path}\nreport: {out / 'report.json'}, {out / 'report.png'}")

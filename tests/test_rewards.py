@@ -162,6 +162,50 @@ def test_embedding_cache_is_keyed_by_the_encoder_setup(tmp_path):
         assert Counting.calls == calls, key  # same set-up: read from the cache; other pooling: re-embedded
 
 
+def test_same_language_equivalents_from_paraphrase_rows():
+    rng = np.random.default_rng(3)
+    vec = {}
+
+    def add(text, v):
+        vec[text] = (v / np.linalg.norm(v)).astype(np.float32)
+        return text
+
+    rows = []
+    for k in range(12):
+        base = rng.normal(size=8)
+        for lang in ("de", "en"):
+            text = add(f"{lang} item {k}", base + 0.2 * rng.normal(size=8))
+            rows.append(schema.Example(id=f"{lang}{k}", question="q", answer=text, topic="t", regions=(),
+                                       language=lang, pair_id=f"p{k}"))
+        para = add(f"de item {k}, reworded", vec[f"de item {k}"] + 0.3 * rng.normal(size=8))  # de only
+        rows.append(schema.Example(id=f"de{k}b", question="q", answer=para, topic="t", regions=(), language="de",
+                                   pair_id=f"p{k}"))
+
+    class Model:
+        def embed(self, texts):
+            return np.stack([vec[t] for t in texts])
+
+    items = calibrate.parallel_items(rows, ("de", "en"))
+    assert items["p0"]["de"].answer == "de item 0"  # the first row is the item's text
+    para = calibrate.paraphrase_items(rows, ("de", "en"))
+    assert para["p0"] == {"de": rows[2]}
+    emb = calibrate.embed_answers(Model(), items, ("de", "en"), progress=False)
+    pemb = calibrate.embed_answers(Model(), para, ("de", "en"), progress=False)
+    a, b, kind, sim = calibrate.similarity_samples(emb, ("de", "en"), mismatches=2, hard_negatives=1,
+                                                   same_language="paraphrase", paraphrases=pemb)
+    eq_de = sim[(a == 0) & (b == 0) & (kind == 0)]
+    want = [vec[items[p]["de"].answer] @ vec[para[p]["de"].answer] for p in items]  # items in pair_id order
+    np.testing.assert_allclose(eq_de, want, rtol=1e-5)
+    assert eq_de.max() < 0.999 and not ((a == 1) & (b == 1)).any()  # en has no paraphrases: absent
+    table = calibrate.build_table(Model(), rows, ("de", "en"), same_language="paraphrase", progress=False)
+    assert np.asarray(table.present).tolist() == [[True, True], [True, False]]
+    assert json.loads(table.provenance)["paraphrases"] == {"de": 12, "en": 0}
+    report = calibrate.diagnose(emb, ("de", "en"), num_levels=11, same_language="paraphrase", paraphrases=pemb)
+    assert "de->de" in report["pairs"] and "en->en" not in report["pairs"]
+    with pytest.raises(ValueError, match="needs the paraphrase embeddings"):
+        calibrate.similarity_samples(emb, ("de", "en"), same_language="paraphrase")
+
+
 def test_parallel_items_require_two_languages():
     mk = lambda pid, lang: schema.Example(id=f"{pid}{lang}", question="q", answer="a", topic="t", regions=(),  # noqa: E731
                                           language=lang, pair_id=pid)
