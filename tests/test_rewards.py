@@ -33,7 +33,8 @@ class _FakeSim:
         out = []
         for t in texts:
             w = (t.split() or [""])[0]
-            v = np.array([1.0, 0.0] if w in ("Die", "The") else [0.6, 0.8] if w else [np.nan, np.nan], np.float32)
+            v = np.array([1.0, 0.0] if w in ("Die", "The") else [0.6, 0.8] if w and "(nan)" not in t
+                         else [np.nan, np.nan], np.float32)
             out.append(v)
         return np.stack(out)
 
@@ -67,17 +68,19 @@ def test_combined_reward_components_and_reasons():
 def test_online_calibration_moves_only_in_language_pairs(gate):
     model = combine.RewardModel(_FakeSim(), lid.LanguageID(("de", "en")), _table(), calibration="mean",
                                 gate=gate, languages=("de", "en"))
-    responses = ["Die Antwort ist zwanzig, also 20.", "The answer is twenty, so 20.", "Katze Hund Maus 20"]
-    targets = ["de", "de", "de"]
-    res = model.score(responses, targets, ["k0"] * 3, ["Die Lösung ist 20."] * 3, ["de"] * 3)
-    model.adapt(res, ["de"] * 3, targets, rate=0.5)
+    responses = ["Die Antwort ist zwanzig, also 20.", "The answer is twenty, so 20.", "Katze Hund Maus 20",
+                 "Katze Hund Maus Vogel 20 (nan)"]
+    targets = ["de", "de", "de", "de"]
+    res = model.score(responses, targets, ["k0"] * 4, ["Die Lösung ist 20."] * 4, ["de"] * 4)
+    assert res.predicted_language[3] == "de" and res.reasons["nan_similarity"] == 1
+    model.adapt(res, ["de"] * 4, targets, rate=0.5)
     # In-language de->de rollouts have cos 1.0 and 0.6; row 1 is English: excluded even when no
-    # gate zeroes its reward (gate "none").
+    # gate zeroes its reward (gate "none"); row 3's similarity is NaN (zeroed in the reward): excluded.
     want = _table().mean.copy()
     want[0, 0] = 0.5 * 0.95 + 0.5 * (1.0 + 0.6) / 2
     np.testing.assert_allclose(np.asarray(model.table.mean), want, atol=1e-6)
     before = np.asarray(model.table.mean)
-    model.adapt(res, ["de"] * 3, targets, rate=0.0)
+    model.adapt(res, ["de"] * 4, targets, rate=0.0)
     np.testing.assert_array_equal(np.asarray(model.table.mean), before)
 
 

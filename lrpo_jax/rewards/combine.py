@@ -29,6 +29,7 @@ class RewardResult:
     components: dict[str, np.ndarray]  # similarity, calibrated, gate, answer (each [N])
     predicted_language: np.ndarray     # object [N]: LID top-1 (None = no language content)
     reasons: collections.Counter
+    similarity_ok: np.ndarray | None = None  # bool [N]: a finite similarity (NaNs are zeroed above)
 
 
 class RewardModel:
@@ -64,12 +65,14 @@ class RewardModel:
         gate, predicted, gate_reasons = self.lid.gate(responses, targets, mode=self.gate_mode, threshold=self.threshold)
         reasons.update({f"gate/{k}": v for k, v in gate_reasons.items()})
         sim = np.zeros(n, np.float32)
+        sim_ok = np.ones(n, bool)
         calibrated = np.zeros(n, np.float32)
         if self.w_sim:
             emb = self.sim.embed(responses)
             refs = self.refs.get(list(ref_keys), list(ref_texts))
             sim = np.einsum("nd,nd->n", emb, refs).astype(np.float32)
             bad = ~np.isfinite(sim)
+            sim_ok = ~bad
             if bad.any():
                 reasons["nan_similarity"] += int(bad.sum())
                 sim = np.where(bad, 0.0, sim)
@@ -91,7 +94,7 @@ class RewardModel:
                 reasons[f"answer/{why}"] += 1
         reward = (self.w_sim * calibrated + self.w_ans * answer) * gate
         reward = np.where(empty, 0.0, reward).astype(np.float32)
-        return RewardResult(reward=reward, predicted_language=predicted, reasons=reasons,
+        return RewardResult(reward=reward, predicted_language=predicted, reasons=reasons, similarity_ok=sim_ok,
                             components={"similarity": sim, "calibrated": calibrated, "gate": gate, "answer": answer})
 
     def adapt(self, result: RewardResult, ref_langs: Sequence[str], targets: Sequence[str], rate: float) -> None:
@@ -105,7 +108,7 @@ class RewardModel:
         # The LID top-1 itself, not the gate value: with gate "soft" or "none" the gate is positive
         # for off-language text too. Empty or code-only text has no prediction (None).
         in_target = np.array([p is not None and p == t for p, t in zip(result.predicted_language, targets)])
-        weight = in_target & np.isfinite(sim)
+        weight = in_target & (np.isfinite(sim) if result.similarity_ok is None else result.similarity_ok)
         a = self.table.lang_ids(ref_langs, "reference language")
         b = self.table.lang_ids(targets, "response language")
         self.table = calib_lib.online_update(self.table, jnp.asarray(sim), jnp.asarray(a), jnp.asarray(b),
