@@ -43,6 +43,13 @@ from lrpo_jax.state import TrainState
 # ==================================================================================================
 # Reward set-up: encoder, language ID, calibration table (built once and cached when "auto").
 # ==================================================================================================
+def auto_table_path(encoder: str, languages, table_items: int, max_length: int, pooling: str):
+    """Where reward.table='auto' caches its table (no suffix): keyed by everything that changes the
+    similarities behind it, so a run never reads a table built for another set-up."""
+    key = json.dumps([encoder, sorted(languages), table_items, max_length, pooling])
+    return shipped.cache_root() / "calibration" / f"gsm_symbolic-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
 def calibration_table(cfg, similarity: SimilarityModel, languages, progress: bool = True):
     from lrpo_jax import calibrate, vocab
     if cfg.reward.calibration == "raw":
@@ -51,10 +58,8 @@ def calibration_table(cfg, similarity: SimilarityModel, languages, progress: boo
         table = calib_lib.load(cfg.reward.table)
         check_table_encoder(table, cfg.reward.encoder, cfg.reward.pooling, f"config.reward.table={cfg.reward.table}")
         return table
-    key = json.dumps([cfg.reward.encoder, sorted(languages), cfg.reward.table_items, cfg.reward.max_length,
-                      cfg.reward.pooling])
-    digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-    path = shipped.cache_root() / "calibration" / f"gsm_symbolic-{digest}"
+    r = cfg.reward
+    path = auto_table_path(r.encoder, languages, r.table_items, r.max_length, r.pooling)
     if path.with_suffix(".npz").exists():
         return calib_lib.load(path)
     print(f"building the calibration table for {sorted(languages)} from multilingual-gsm-symbolic "
