@@ -87,6 +87,17 @@ def test_quantile_calibration_matches_reference_bisect(use_ub, cells):
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(bisect))  # the index finds the same segment
 
 
+@pytest.mark.parametrize("cells", [None, 1024])
+def test_quantile_calibration_keeps_nan(cells):
+    """NaN in, NaN out (the caller counts it), never a score from whatever segment NaN lands on."""
+    table = _table()
+    table = table.replace(search=None) if cells is None else table.indexed(cells)
+    sims = jnp.asarray([np.nan, 0.8, np.nan], jnp.float32)
+    out, _ = cal.quantile_calibrate(table, sims, jnp.asarray([0, 0, 1]), jnp.asarray([1, 1, 2]))
+    out = np.asarray(out)
+    assert np.isnan(out[0]) and np.isnan(out[2]) and 0.0 <= out[1] <= 1.0
+
+
 def test_search_index_steps_cover_every_cell():
     table = _table().indexed(64)
     grid = np.asarray(table.quantiles).reshape(-1, np.asarray(table.quantiles).shape[-1])

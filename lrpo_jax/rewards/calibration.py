@@ -39,11 +39,23 @@ class SearchIndex:
     start: jax.Array       # i32 [L*L*cells]
     lo: jax.Array          # f32: left edge of cell 0
     inv_width: jax.Array   # f32: 1 / cell width
+    slope: jax.Array       # f32 [L*L*Q]: (q_i - q_{i-1}) / (x_i - x_{i-1}) of the segment ending at knot i (0 if empty)
+    last: jax.Array        # f32 [L*L]: each pair's last knot (u = 1 from there)
     cells: int = flax.struct.field(pytree_node=False, default=1024)
     steps: int = flax.struct.field(pytree_node=False, default=0)
 
 
-def search_index(quantiles: np.ndarray, cells: int = 1024) -> SearchIndex:
+def segment_slopes(x: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """(q_i - q_{i-1}) / (x_i - x_{i-1}) per knot i of each grid row (index 0 and empty segments: 0),
+    computed in float32 with the same operations as the lookup's bisect path, so both agree bit for bit."""
+    x, q = np.asarray(x, np.float32), np.asarray(levels, np.float32)
+    width = x[..., 1:] - x[..., :-1]
+    rise = np.broadcast_to(q[1:] - q[:-1], width.shape)
+    slope = np.divide(rise, width, out=np.zeros_like(width), where=width > 0)
+    return np.concatenate([np.zeros_like(slope[..., :1]), slope], axis=-1)
+
+
+def search_index(quantiles: np.ndarray, levels: np.ndarray, cells: int = 1024) -> SearchIndex:
     x = np.asarray(quantiles, np.float32).reshape(-1, np.shape(quantiles)[-1])
     lo, hi = float(x.min()), float(x.max())
     width = max(hi - lo, 1e-6) / cells
@@ -54,6 +66,7 @@ def search_index(quantiles: np.ndarray, cells: int = 1024) -> SearchIndex:
     start = np.stack([np.searchsorted(row, edges - pad, side="left") for row in x]).astype(np.int32)
     end = np.stack([np.searchsorted(row, np.append(edges[1:] + pad, np.inf), side="left") for row in x])
     return SearchIndex(start=jnp.asarray(start.reshape(-1)), lo=jnp.float32(lo), inv_width=jnp.float32(1.0 / width),
+                       slope=jnp.asarray(segment_slopes(x, levels).reshape(-1)), last=jnp.asarray(x[:, -1]),
                        cells=cells, steps=int((end - start).max()))
 
 
@@ -71,7 +84,7 @@ class CalibrationTable:
     search: SearchIndex | None = None  # quantile lookup accelerator (build/load add it; None = bisect)
 
     def indexed(self, cells: int = 1024) -> "CalibrationTable":
-        return self.replace(search=search_index(np.asarray(self.quantiles), cells))
+        return self.replace(search=search_index(np.asarray(self.quantiles), np.asarray(self.levels), cells))
 
     def index(self, code: str, where: str = "") -> int:
         try:
@@ -149,9 +162,10 @@ def mean_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, lam: fl
 def quantile_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, use_ub_norm: bool = True):
     """Quantile (empirical CDF) calibration -> (reward in [0, 1], missing mask).
 
-    Matches the reference's per-sample bisect code: u = 0 below the first grid value, 1 from the
-    last, linear inside the segment found by bisect_left, q_i on a zero-width segment. A missing pair
-    falls back to clip(raw, 0, 1), as the reference did, and is flagged.
+    Matches the reference's per-sample bisect code: u = 0 at or below the first grid value, 1 from
+    the last, linear inside the segment found by bisect_left (never a zero-width one inside the grid:
+    bisect_left lands where x[i-1] < s <= x[i]). A missing pair falls back to clip(raw, 0, 1), as the
+    reference did, and is flagged.
     """
     n_l, n_q = table.quantiles.shape[1:]
     pair = ref_lang * n_l + resp_lang  # one flat index: 1-D gathers are cheaper than [a, b] ones
@@ -184,13 +198,21 @@ def quantile_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, use
             mid = (lo + hi) // 2
             right = (at(base + jnp.minimum(mid, n_q - 1)) < s) & (lo < hi)
             lo, hi = jnp.where(right, mid + 1, lo), jnp.where(right | (lo >= hi), hi, mid)
+    # lo = bisect_left: 0 means s <= the first knot (u = 0); otherwise x[lo-1] < s <= x[lo], a segment
+    # of positive width (an empty one only at lo = Q, where s is past the last knot and u = 1).
     i_c = jnp.clip(lo, 1, n_q - 1)
-    q = table.levels
-    x0, x1 = at(base + i_c - 1), at(base + i_c)
-    q0, q1 = q[i_c - 1], q[i_c]
-    width = x1 - x0
-    inside = jnp.where(width > 0, q0 + (s - x0) / jnp.where(width > 0, width, 1.0) * (q1 - q0), q1)
-    u = jnp.where(s <= at(base), 0.0, jnp.where(s >= at(base + n_q - 1), 1.0, inside))
+    q0 = table.levels.at[i_c - 1].get(mode="promise_in_bounds")
+    x0 = at(base + i_c - 1)
+    if table.search is not None:  # the index carries each segment's slope and each pair's last knot
+        slope = table.search.slope.at[base + i_c].get(mode="promise_in_bounds")
+        last = table.search.last.at[pair].get(mode="promise_in_bounds")
+    else:
+        width = at(base + i_c) - x0
+        rise = table.levels.at[i_c].get(mode="promise_in_bounds") - q0
+        slope = jnp.where(width > 0, rise / jnp.where(width > 0, width, 1.0), 0.0)
+        last = at(base + n_q - 1)
+    u = jnp.where(lo == 0, 0.0, jnp.where(s >= last, 1.0, q0 + (s - x0) * slope))
+    u = jnp.where(jnp.isnan(s), s, u)  # NaN in, NaN out (the lookups above would land on some segment)
     u = jnp.where(present, u, sim)
     return jnp.clip(u, 0.0, 1.0), ~present
 
