@@ -51,7 +51,7 @@ def auto_table_path(encoder: str, languages, table_items: int, max_length: int, 
 
 
 def calibration_table(cfg, similarity: SimilarityModel, languages, progress: bool = True):
-    from lrpo_jax import calibrate, vocab
+    from lrpo_jax import calibrate
     if cfg.reward.calibration == "raw":
         return None
     if cfg.reward.table != "auto":
