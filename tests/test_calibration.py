@@ -32,7 +32,7 @@ def reference_quantile(s, xs, qs, ub, use_ub_norm):
     return min(1.0, max(0.0, u))
 
 
-def _table(seed=0, ties=True):
+def _table(seed=0, ties=True, levels=21):
     rng = np.random.default_rng(seed)
     n = len(LANGS)
     ref, resp, kind, sim = [], [], [], []
@@ -46,7 +46,7 @@ def _table(seed=0, ties=True):
                 resp += [b] * cnt
                 kind += [k] * cnt
                 sim += list(s)
-    return cal.build(LANGS, np.array(ref), np.array(resp), np.array(kind), np.array(sim, np.float32), num_levels=21)
+    return cal.build(LANGS, np.array(ref), np.array(resp), np.array(kind), np.array(sim, np.float32), num_levels=levels)
 
 
 def test_mean_calibration_matches_reference_loop():
@@ -85,6 +85,18 @@ def test_quantile_calibration_matches_reference_bisect(use_ub, cells):
     bisect, _ = jax.jit(cal.quantile_calibrate, static_argnames="use_ub_norm")(
         table.replace(search=None), jnp.asarray(sims), jnp.asarray(a), jnp.asarray(b), use_ub_norm=use_ub)
     np.testing.assert_array_equal(np.asarray(ours), np.asarray(bisect))  # the index finds the same segment
+
+
+@pytest.mark.parametrize("levels, dtype", [(21, np.uint8), (255, np.uint8), (256, np.uint16)])
+def test_search_index_start_type_holds_every_grid_index(levels, dtype):
+    """The index stores bisect starts in the narrowest type holding 0..Q (Q itself included)."""
+    table = _table(levels=levels)
+    assert np.asarray(table.search.start).dtype == dtype
+    sims = jnp.asarray(np.random.default_rng(3).uniform(0.5, 1.1, 2000).astype(np.float32))
+    a, b = jnp.asarray(np.arange(2000) % 3), jnp.asarray(np.arange(2000) // 3 % 3)
+    ours, _ = cal.quantile_calibrate(table, sims, a, b)
+    bisect, _ = cal.quantile_calibrate(table.replace(search=None), sims, a, b)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(bisect))
 
 
 @pytest.mark.parametrize("cells", [None, 1024])

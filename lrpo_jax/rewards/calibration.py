@@ -36,7 +36,7 @@ class SearchIndex:
     values, per language pair. A sample then starts from its cell's entry and steps forward at most
     `steps` knots (the most any cell holds), instead of ~log2(Q) dependent bisect rounds: the same
     index, so the same result. Built on the host from the (fixed) quantile grid."""
-    start: jax.Array       # i32 [L*L*cells]
+    start: jax.Array       # [L*L*cells], in [0, Q]: uint8 for Q < 256 (a 4x smaller table stays in cache)
     lo: jax.Array          # f32: left edge of cell 0
     inv_width: jax.Array   # f32: 1 / cell width
     slope: jax.Array       # f32 [L*L*Q]: (q_i - q_{i-1}) / (x_i - x_{i-1}) of the segment ending at knot i (0 if empty)
@@ -63,7 +63,10 @@ def search_index(quantiles: np.ndarray, levels: np.ndarray, cells: int = 1024) -
     # into a neighbour still starts at or before its bisect index and ends within `steps` of it.
     edges = lo + width * np.arange(cells, dtype=np.float64)
     pad = 0.01 * width
-    start = np.stack([np.searchsorted(row, edges - pad, side="left") for row in x]).astype(np.int32)
+    start = np.stack([np.searchsorted(row, edges - pad, side="left") for row in x])
+    # The lookup is bound by random reads of this table: the narrowest type that holds 0..Q
+    # (uint8 measured 13-20% faster than int32 at 15 x 15 pairs x 1024 cells).
+    start = start.astype(np.uint8 if x.shape[1] < 256 else np.uint16 if x.shape[1] < 65536 else np.int32)
     end = np.stack([np.searchsorted(row, np.append(edges[1:] + pad, np.inf), side="left") for row in x])
     return SearchIndex(start=jnp.asarray(start.reshape(-1)), lo=jnp.float32(lo), inv_width=jnp.float32(1.0 / width),
                        slope=jnp.asarray(segment_slopes(x, levels).reshape(-1)), last=jnp.asarray(x[:, -1]),
@@ -185,7 +188,7 @@ def quantile_calibrate(table: CalibrationTable, sim, ref_lang, resp_lang, *, use
         # independent: a chain of `lo = where(x[lo] < s, lo + 1, lo)` steps measured ~11% slower.
         idx = table.search
         cell = jnp.clip(jnp.floor((s - idx.lo) * idx.inv_width).astype(jnp.int32), 0, idx.cells - 1)
-        start = idx.start.at[pair * idx.cells + cell].get(mode="promise_in_bounds")
+        start = idx.start.at[pair * idx.cells + cell].get(mode="promise_in_bounds").astype(jnp.int32)
         lo = start
         for k in range(idx.steps):
             j = start + k
