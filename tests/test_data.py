@@ -167,3 +167,29 @@ def test_prompt_chat_template_for_instruct_models():
     assert text.endswith("<|im_start|>user\nWie alt ist Anna?<|im_end|>\n<|im_start|>assistant\n")
     tag = prompts.PromptBuilder(tok, mode="tag").text("Q?", "ko")
     assert "You are Qwen" in tag and "Q?\n<|out_lang_ko|><|im_end|>" in tag  # the reference's exact prompt
+
+
+def _question_examples(n=20):
+    """German and Japanese questions from a few tokens to a few hundred (for prompt-length checks)."""
+    return [schema.Example(id=f"q{i}", question="Anna hat " + "drei Äpfel und " * (4 * i) + "wie viele?",
+                           answer="1", topic="Reasoning / Logic", regions=(), language="de" if i % 2 else "ja",
+                           pair_id=None) for i in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["fewshot", "tag"])
+def test_too_long_prompts_match_building_every_prompt(mode):
+    """The start-up check (questions tokenised once, exact prompts only near the limit) flags exactly
+    the examples whose prompt, built in full, exceeds the limit in a routed or their own language."""
+    from transformers import AutoTokenizer
+
+    from lrpo_jax.models import shipped
+    pb = prompts.PromptBuilder(AutoTokenizer.from_pretrained(str(shipped.qwen25_tokenizer_dir())), mode=mode)
+    exs = _question_examples()
+    for targets in (("en", "fr", "zh"), ()):
+        longest = {ex.id: max(len(pb.tokens(ex.question, t)) for t in set(targets) | {ex.language}) for ex in exs}
+        limits = sorted(set(longest.values()))
+        for limit in limits[::4] + [limits[-1], limits[0] - 1]:
+            flagged = pb.too_long(exs, targets, limit)
+            assert {ex.id for ex, _, _ in flagged} == {i for i, n in longest.items() if n > limit}, (targets, limit)
+            for ex, lang, n in flagged:
+                assert n == len(pb.tokens(ex.question, lang)) > limit

@@ -156,3 +156,29 @@ def test_two_process_training_matches_one_process(uninterrupted, tmp_path):
     assert set(got) == {1, 2, 3}
     for key in ("reward/mean", "compliance/mean", "train/loss", "train/grad_norm"):
         assert got[1][key] == pytest.approx(want[1][key], rel=1e-5, abs=1e-7), key
+
+
+def test_over_long_prompts_are_caught_at_start_up():
+    """A prompt longer than every prompt bucket is an error naming its example before any step runs
+    (or, with data.skip_bad_rows, a dropped and counted row), not a crash at the step that draws it."""
+    import collections
+
+    from transformers import AutoTokenizer
+
+    from lrpo_jax.data import prompts, schema
+    from lrpo_jax.models import shipped
+    cfg = _smoke()
+    builder = prompts.PromptBuilder(AutoTokenizer.from_pretrained(str(shipped.qwen25_tokenizer_dir())),
+                                    mode=cfg.prompt.mode, chat_template=cfg.prompt.chat_template)
+    mk = lambda i, q: schema.Example(id=i, question=q, answer="1", topic="Reasoning / Logic", regions=(),  # noqa: E731
+                                     language="de", pair_id=None)
+    exs = [mk("short", "Wie alt ist Anna?"), mk("long-1", "Anna hat drei Äpfel. " * 40), mk("ok", "Wie viele?")]
+    limit = max(len(builder.tokens("Wie alt ist Anna?", t)) for t in cfg.router.languages) + 8
+    cfg.rollout.prompt_buckets = (limit,)
+    with pytest.raises(schema.DataError, match=rf"example 'long-1': its prompt is \d+ tokens with answer language "
+                                               rf"\w+ .*prompt_buckets \({limit}\); 1 example\(s\)"):
+        trainer.drop_long_prompts(exs, builder, cfg.router.languages, cfg, collections.Counter())
+    cfg.data.skip_bad_rows = True
+    skipped = collections.Counter()
+    kept = trainer.drop_long_prompts(exs, builder, cfg.router.languages, cfg, skipped)
+    assert [ex.id for ex in kept] == ["short", "ok"] and skipped == {"prompt_length": 1}

@@ -142,3 +142,26 @@ class PromptBuilder:
         text = self.text(question, target)
         # Chat templates already contain the BOS/special tokens; plain text gets the tokenizer's.
         return self.tokenizer(text, add_special_tokens=not self.use_chat)["input_ids"]
+
+    def too_long(self, examples, targets, limit: int, margin: int = 8) -> list[tuple[object, str, int]]:
+        """(example, answer language, prompt tokens) for the examples whose prompt exceeds `limit`
+        tokens in some language of `targets` or in their own language. Questions are tokenised once;
+        only those within `margin` tokens of the limit after the longest template are built exactly
+        per language (a question and a template tokenise together to about the sum of their parts)."""
+        if not examples:
+            return []
+        langs = tuple(dict.fromkeys(targets))
+        overhead = {t: len(self.tokens("", t)) for t in set(langs) | {ex.language for ex in examples}}
+        lengths = [len(x) for x in self.tokenizer([ex.question.strip() for ex in examples],
+                                                  add_special_tokens=False)["input_ids"]]
+        out = []
+        for ex, n in zip(examples, lengths):
+            own = langs + ((ex.language,) if ex.language not in langs else ())
+            if n + max(overhead[t] for t in own) <= limit - margin:
+                continue
+            for t in own:
+                length = len(self.tokens(ex.question, t))
+                if length > limit:
+                    out.append((ex, t, length))
+                    break
+        return out
