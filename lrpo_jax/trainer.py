@@ -96,8 +96,8 @@ def drop_long_prompts(examples, builder: prompts_lib.PromptBuilder, languages, c
                         f"({limit}); {len(bad)} example(s) are too long: shorten them, add a bigger bucket, or set "
                         f"data.skip_bad_rows=True to drop them")
     skipped["prompt_length"] += len(bad)
-    ids = {id(ex) for ex, _, _ in bad}
-    return [ex for ex in examples if id(ex) not in ids]
+    ids = {ex.id for ex, _, _ in bad}  # unique: validate_rows rejects duplicate ids
+    return [ex for ex in examples if ex.id not in ids]
 
 
 def check_table_encoder(table: calib_lib.CalibrationTable, encoder: str, pooling: str, where: str) -> None:

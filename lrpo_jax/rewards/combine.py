@@ -29,7 +29,7 @@ class RewardResult:
     components: dict[str, np.ndarray]  # similarity, calibrated, gate, answer (each [N])
     predicted_language: np.ndarray     # object [N]: LID top-1 (None = no language content)
     reasons: collections.Counter
-    similarity_ok: np.ndarray | None = None  # bool [N]: a finite similarity (NaNs are zeroed above)
+    similarity_ok: np.ndarray          # bool [N]: a finite similarity (NaNs are zeroed in `components`)
 
 
 class RewardModel:
@@ -108,7 +108,7 @@ class RewardModel:
         # The LID top-1 itself, not the gate value: with gate "soft" or "none" the gate is positive
         # for off-language text too. Empty or code-only text has no prediction (None).
         in_target = np.array([p is not None and p == t for p, t in zip(result.predicted_language, targets)])
-        weight = in_target & (np.isfinite(sim) if result.similarity_ok is None else result.similarity_ok)
+        weight = in_target & result.similarity_ok
         a = self.table.lang_ids(ref_langs, "reference language")
         b = self.table.lang_ids(targets, "response language")
         self.table = calib_lib.online_update(self.table, jnp.asarray(sim), jnp.asarray(a), jnp.asarray(b),
