@@ -14,6 +14,10 @@ from lrpo_jax.rewards import combine, lid, verifiable
     ("الإجابة هي ٢٠", 20.0, "last_number"), ("答えは２０です", 20.0, "last_number"), ("উত্তর হলো ২০।", 20.0, "last_number"),
     ("0,3 m", 0.3, "last_number"), ("12 + 8 = 20. The answer is 20.", 20.0, "last_number"), ("no digits", None, "none"),
     ("\\boxed{\\frac{1}{2}} or 7", 2.0, "boxed"), ("-5 degrees", -5.0, "last_number"),
+    # a space groups digits only before exactly three: a line break, a tab or "3 5" separate numbers
+    ("So the answer is 18\n2. Check: ok", 2.0, "last_number"), ("answer: 42\t7 apples", 7.0, "last_number"),
+    ("3 5", 5.0, "last_number"), ("il coûte 1 234 euros", 1234.0, "last_number"),
+    ("prix : 12\u202f345,5 €", 12345.5, "last_number"), ("1 2345", 2345.0, "last_number"),
 ])
 def test_extract_number(text, value, how):
     assert verifiable.extract_number(text) == (value, how)

@@ -4,7 +4,9 @@ Extraction: the content of the last `\\boxed{...}`, else the last number in the 
 other scripts (Arabic-Indic, Persian, Devanagari, Bengali, Thai, Telugu, full-width) are mapped to
 ASCII first. Separators are read per number: "1,234.5" and "1.234,5" are both 1234.5; a single
 separator followed by exactly three digits ("1,234" / "1.234") is a thousands separator, otherwise
-a decimal mark ("0,3" = 0.3) — the convention of the GSM data in every language we ship.
+a decimal mark ("0,3" = 0.3) — the convention of the GSM data in every language we ship. A space
+(or a no-break/thin space) groups digits only when exactly three follow ("1 234" = 1234): "3 5" and
+"18\n2." are two numbers each.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import re
 _DIGIT_BLOCKS = (0x0660, 0x06F0, 0x0966, 0x09E6, 0x0E50, 0x0C66, 0xFF10)  # zero of each script
 _TRANSLATE = {zero + d: str(d) for zero in _DIGIT_BLOCKS for d in range(10)}
 _TRANSLATE.update({ord("\u066b"): ".", ord("\u066c"): ",", ord("\uff0c"): ",", ord("\uff0e"): ".",
-                   ord("\u2212"): "-", ord("\u00a0"): " ", ord("\u202f"): " "})
-_NUMBER = re.compile(r"-?\d+(?:[.,\s]\d+)*")
+                   ord("\u2212"): "-", ord("\u00a0"): " ", ord("\u202f"): " ", ord("\u2009"): " "})
+_NUMBER = re.compile(r"-?\d+(?:[.,]\d+| \d{3}(?!\d))*")
 _BOXED = re.compile(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
 
 
