@@ -90,6 +90,9 @@ def test_invalid_rollouts_leave_their_group():
     kept = verl_grpo_adv(np.array([1.0, 0.0, 3.0]), [0, 0, 0])  # the group without the invalid rollout
     np.testing.assert_allclose(adv[0], [kept[0], kept[1], 0.0, kept[2]], rtol=1e-6)
     np.testing.assert_allclose(adv[1], [2.0 / (1 + 1e-6), 0, 0, 0], rtol=1e-6)  # singleton rule
+    # a failed reward may be NaN or inf: the invalid rollout must not poison its group
+    bad = np.asarray(grpo.group_advantages(r.at[0, 2].set(jnp.nan).at[1, 3].set(jnp.inf), valid))
+    np.testing.assert_array_equal(bad, adv)
 
 
 @pytest.mark.parametrize("lo,hi,c", [(0.2, 0.2, 3.0), (0.2, 0.28, 3.0), (0.1, 0.3, 1.5)])

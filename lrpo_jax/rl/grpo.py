@@ -25,8 +25,9 @@ def group_advantages(rewards: jax.Array, valid: jax.Array | None = None, *, norm
     from their group's statistics and gives them advantage 0; a group left with one valid member
     follows the singleton rule.
     """
-    r = rewards.astype(jnp.float32)
-    v = jnp.ones_like(r) if valid is None else valid.astype(jnp.float32)
+    v = jnp.ones(rewards.shape, jnp.float32) if valid is None else valid.astype(jnp.float32)
+    # An invalid rollout's reward may be NaN (a failed reward): zero it, since NaN * 0 is NaN.
+    r = jnp.where(v > 0, rewards.astype(jnp.float32), 0.0)
     n = v.sum(-1, keepdims=True)
     mean = (r * v).sum(-1, keepdims=True) / jnp.maximum(n, 1.0)
     var = (jnp.square(r - mean) * v).sum(-1, keepdims=True) / jnp.maximum(n - 1.0, 1.0)
