@@ -2,7 +2,8 @@
 
 Orbax writes each step into a temporary directory and renames it only once complete, so a crash
 or SIGKILL mid-save leaves the previous checkpoint as the latest. The JSON side data holds what is
-not an array: the data iterator position, the resolved config, and host-side metric history.
+not an array: the data iterator position, host-side metric history and, with online calibration,
+the adapted table means (the resolved config is written once, to `<workdir>/config.json`).
 """
 from __future__ import annotations
 

@@ -175,6 +175,15 @@ def to_host(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process if `flag` is true on any (one process: the flag itself). For host-side
+    decisions that lead into collectives, such as saving on a preemption signal."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(bool(flag)))).any())
+
+
 def _path_key(path) -> tuple[str, ...]:
     out = []
     for k in path:

@@ -18,9 +18,12 @@ lrpo_reference.md §1 describes the reference; where we differ on purpose (§7):
   weighs k times, once in each of its cells, exactly as it enters the reference's cells.
   The reference instead applies the topic EMA once per region cell, sequentially in the order the
   cells were first seen (about 20 steps per update for "Regional Knowledge", effective rate
-  1 - (1 - alpha)^k, dominated by the last cells). `reference_compat=True` reproduces that exactly,
-  using the first-seen order tracked in the buffer (ties inside one rollout: region-index order;
-  the reference uses the row's list order).
+  1 - (1 - alpha)^k, dominated by the last cells). `reference_compat=True` reproduces that
+  sequence, using the first-seen order tracked in the buffer (ties inside one rollout: region-index
+  order; the reference uses the row's list order), in float32 (the reference: float64). Two
+  differences stay: a prompt's "no region" is one cell here, where the reference keeps separate
+  "None" and "[]" cells (two EMA steps for a topic with both), and a region listed twice in one
+  row counts once here, twice there.
 * B is learned only from regional topics' region cells. A regional prompt without a region feeds
   A only; the reference also EMA-updated a B["None"] row that no prompt ever reads.
 * Optional `min_count`: (topic, region, language) cells with fewer rollouts are not learned from

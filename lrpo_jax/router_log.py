@@ -8,6 +8,12 @@ JSONL (lrpo_reference.md §1.8), one line per logged step:
 softmax = softmax(row / tau) of that single row, effective = (1 - eps) softmax + eps / L. Region
 rows are B alone, as the reference logs them; what a regional prompt from region g actually sees
 (A[t] + B[g]) is in `heatmaps` under "routing/<topic>".
+
+Timing: the trainer writes a record after the step's jitted update, so at an update step it shows
+the router after its EMA, i.e. what the next step routes with, with the next step's tau/eps (the
+reference logs before the update). "step" is the training step, which is the reference's
+lang_policy_step whenever the router learns (one observe per step); with the router off it still
+counts, so resume truncation works for every run.
 """
 from __future__ import annotations
 
@@ -58,8 +64,9 @@ def heatmaps(spec: RouterSpec, state: RouterState, tau, eps) -> dict[str, tuple[
 
 
 def log_record(spec: RouterSpec, state: RouterState, tau, eps, *, max_keys: int | None = 100,
-               digits: int | None = 6) -> dict:
-    """One JSONL record; at most `max_keys` topic rows and `max_keys` region rows, in vocabulary order."""
+               digits: int | None = 6, step: int | None = None) -> dict:
+    """One JSONL record; at most `max_keys` topic rows and `max_keys` region rows, in vocabulary order.
+    `step` defaults to the router's own step counter."""
     tables = probability_tables(state, tau, eps)
     codes = spec.languages.names
 
@@ -71,7 +78,7 @@ def log_record(spec: RouterSpec, state: RouterState, tau, eps, *, max_keys: int 
         for i, name in enumerate(names[:max_keys] if max_keys is not None else names):
             probs[f"{kind}:{name}"] = {"softmax": row(tables[f"{kind}_softmax"][i]),
                                        "effective": row(tables[f"{kind}_effective"][i])}
-    return {"step": int(state.step), "probs": probs}
+    return {"step": int(state.step) if step is None else int(step), "probs": probs}
 
 
 class RouterLog:
@@ -83,8 +90,8 @@ class RouterLog:
         if enabled:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
-    def write(self, state: RouterState, tau, eps) -> dict:
-        rec = log_record(self.spec, state, tau, eps, max_keys=self.max_keys, digits=self.digits)
+    def write(self, state: RouterState, tau, eps, step: int | None = None) -> dict:
+        rec = log_record(self.spec, state, tau, eps, max_keys=self.max_keys, digits=self.digits, step=step)
         if self.enabled:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -397,7 +397,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 writer.scalars(step + 1, summary["scalars"])
                 if (r.log_every and (step + 1) % r.log_every == 0) or step + 1 == cfg.total_steps:
                     tau_now, eps_now = (float(x) for x in router_lib.tau_eps(state.router.step, r))
-                    rlog.write(state.router, tau_now, eps_now)
+                    rlog.write(state.router, tau_now, eps_now, step=step + 1)
                     if (cfg.log.heatmaps_every and (step + 1) % cfg.log.heatmaps_every == 0) \
                             or step + 1 == cfg.total_steps:
                         for name, (mat, rws, cols) in router_log.heatmaps(spec, state.router, tau_now, eps_now).items():
@@ -414,7 +414,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                                 tok_s=f"{summary['scalars']['throughput/sample_tokens_per_s']:.0f}")
                 bar.update(1)
             done = step + 1 == cfg.total_steps
-            if ckpt.should_save(step + 1) or done or stop.requested:
+            # A signal reaches each process on its own: agree before the collective save, or one
+            # process would save while another went on to the next step's collectives (a hang).
+            stopping = parallel.any_process(stop.requested)
+            if ckpt.should_save(step + 1) or done or stopping:
                 extra = {"data": data.state(), "history": history}
                 if cfg.reward.online_rate:
                     extra["calibration_mean"] = np.asarray(rewards.table.mean).tolist()
@@ -422,7 +425,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 if kill_at and step + 1 == kill_at:
                     ckpt.wait()
                     os.kill(os.getpid(), 9)
-            if stop.requested:
+            if stopping:
                 logging.warning("stopping at step %d on request; resume with the same command", step + 1)
                 break
     ckpt.close()

@@ -1,5 +1,7 @@
 """Calibration lookups vs the reference's per-sample Python code; builder, save/load validation."""
 import bisect
+import pathlib
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -151,6 +153,22 @@ def test_save_load_round_trip_and_validation(tmp_path):
     np.savez(tmp_path / "t.npz", **arrays)
     with pytest.raises(ValueError, match="pair ja->de: quantile grid is not non-decreasing"):
         cal.load(tmp_path / "t")
+
+
+def test_concurrent_saves_of_one_table_do_not_collide(tmp_path):
+    """Every process of a multi-process run builds the cached 'auto' table and saves it to the same
+    path: each writes under its own temporary name, metadata first, so the .npz marks a whole table."""
+    import concurrent.futures
+    table = _table()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: cal.save(table, tmp_path / "t"), range(8)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json", "t.npz"]
+    np.testing.assert_array_equal(cal.load(tmp_path / "t").quantiles, table.quantiles)
+    saved = []
+    real = pathlib.Path.replace
+    with mock.patch.object(pathlib.Path, "replace", lambda self, dst: saved.append(pathlib.Path(dst).suffix) or real(self, dst)):
+        cal.save(table, tmp_path / "u")
+    assert saved == [".json", ".npz"]
 
 
 def test_online_update_moves_only_observed_pairs():

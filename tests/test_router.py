@@ -361,6 +361,8 @@ def test_jsonl_log_and_heatmaps(tmp_path):
     log.write(s.replace(step=jnp.int32(8)), tau=0.5, eps=0.2)
     recs = router_log.read_log(tmp_path / "sub" / "router.jsonl")
     assert [r["step"] for r in recs] == [7, 8]
+    # the trainer passes its own step, which keeps counting when the router does not learn
+    assert log.write(s, tau=0.5, eps=0.2, step=3)["step"] == 3
     probs = recs[0]["probs"]
     assert list(probs) == [f"topic:{t}" for t in TOPICS.names] + [f"region:{g}" for g in REGIONS.names]
     gk = probs["topic:General Knowledge"]

@@ -18,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import pathlib
+import uuid
 from typing import Sequence
 
 import flax.struct
@@ -278,16 +280,21 @@ def build(languages: Sequence[str], ref_lang: np.ndarray, resp_lang: np.ndarray,
 
 
 def save(table: CalibrationTable, path: str | pathlib.Path) -> pathlib.Path:
-    """Writes `<path>.npz` (arrays) and `<path>.json` (languages, provenance)."""
+    """Writes `<path>.json` (languages, provenance), then `<path>.npz` (arrays), each atomically and
+    under a temporary name of its own: the .npz appearing means the table is complete, and several
+    processes building the same cached table at once cannot trip over each other's files."""
     path = pathlib.Path(path).with_suffix("")
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(getattr(table, k)) for k in ("mean", "quantiles", "levels", "ub", "counts", "present",
                                                        "mu_ref")}
-    tmp = path.with_name(path.name + ".tmp.npz")
+    tag = f".{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    meta = path.with_name(path.name + tag + ".json")
+    meta.write_text(json.dumps({"languages": list(table.languages), "provenance": json.loads(table.provenance)},
+                               indent=2))
+    meta.replace(path.with_suffix(".json"))
+    tmp = path.with_name(path.name + tag + ".npz")
     np.savez(tmp, **arrays)
     tmp.replace(path.with_suffix(".npz"))
-    path.with_suffix(".json").write_text(json.dumps({"languages": list(table.languages),
-                                                     "provenance": json.loads(table.provenance)}, indent=2))
     return path.with_suffix(".npz")
 
 

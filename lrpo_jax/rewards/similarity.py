@@ -2,8 +2,10 @@
 
 Texts are tokenised on the host, sorted by length and cut into fixed-size batches padded to a
 length bucket, so a whole run compiles at most one program per bucket. Embeddings are masked
-mean-pooled (LRPO) or CLS-pooled, L2-normalised, and compared by dot product. References are
-embedded once per prompt and cached (their text never changes within a run).
+mean-pooled (LRPO) or CLS-pooled, L2-normalised, and compared by dot product. References go
+through a keyed cache (`ReferenceCache`: a key's text must never change); the trainer clears it every
+step, so a step's rewards never depend on which steps came before (exact resume), and embeds each
+step's distinct references once.
 """
 from __future__ import annotations
 

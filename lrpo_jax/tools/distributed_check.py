@@ -7,7 +7,8 @@ and process 0 writes both losses and the gradient.
 Run alone, it computes the same thing on one process: the two results must agree, which is what
 tests/test_multiprocess.py checks. It exercises exactly the pieces the trainer relies on: mesh over
 all hosts' devices, parameter shardings from logical names, process-local batch assembly, and
-jitted value_and_grad with explicit shardings.
+jitted value_and_grad with explicit shardings, and agreement on a flag set on one process only
+(a preemption signal, `parallel.any_process`).
 """
 from __future__ import annotations
 
@@ -70,9 +71,12 @@ def main(argv=None):
     # Gather to every host (grads are sharded across processes), then process 0 writes.
     full = jax.jit(lambda g: g, out_shardings=parallel.replicated(mesh))(grads)
     flat = {"/".join(map(str, k)): np.asarray(v) for k, v in nnx.to_flat_state(full)}
+    # A signal that reached the last process only must stop every process (process 0 writes).
+    flags = dict(stop_seen=parallel.any_process(jax.process_index() == jax.process_count() - 1),
+                 stop_none=parallel.any_process(False))
     if jax.process_index() == 0:
         np.savez(args.out, loss=np.asarray(loss), loss_local=np.asarray(loss_local), processes=jax.process_count(),
-                 devices=jax.device_count(), **flat)
+                 devices=jax.device_count(), **flags, **flat)
 
 
 if __name__ == "__main__":
