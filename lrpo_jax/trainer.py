@@ -369,7 +369,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             # --- update (device: GRPO + KL, router observe/EMA inside the same jitted step)
             with timer("update"):
                 batch = policy_lib.assemble(p_tokens, p_mask, out.tokens, out.mask)
-                batch.update(rewards=res.reward.reshape(P, K), valid=np.ones((P, K), np.float32), langs=langs,
+                valid = rollout_valid(res, P, K)
+                batch.update(rewards=res.reward.reshape(P, K), valid=valid, langs=langs,
                              topic=enc["topic"], regions=enc["regions"], fixed=enc["fixed"])
                 per_row = {k: batch.pop(k) for k in ("tokens", "positions", "attn_mask", "response_mask")}
                 batch = {**parallel.shard_batch(per_row, mesh), **jax.device_put(batch, rep)}
@@ -404,7 +405,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                             writer.image(step + 1, f"router/{name}", metrics_lib.heatmap(mat, rws, cols, name))
                 if cfg.log.rollouts_every and (step + 1) % cfg.log.rollouts_every == 0:
                     writer.text(step + 1, "rollouts", rollout_table(rows, targets, texts, res, cfg.log.rollouts_shown))
-                    adv = grpo.group_advantages(jnp.asarray(res.reward.reshape(P, K)), jnp.ones((P, K)),
+                    adv = grpo.group_advantages(jnp.asarray(res.reward.reshape(P, K)), jnp.asarray(valid),
                                                 norm_by_std=cfg.rl.norm_adv_by_std)
                     metrics_lib.append_jsonl(workdir / "rollouts.jsonl",
                                              rollout_records(step + 1, K, rows, targets, texts, res, np.asarray(adv)))
@@ -442,6 +443,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 # ==================================================================================================
 # Helpers.
 # ==================================================================================================
+def rollout_valid(res, P: int, K: int) -> np.ndarray:
+    """f32 [P, K]: 0 for a rollout whose similarity was not finite (an encoder failure, counted as
+    `reasons/nan_similarity`): its reward is unknown, not 0, so it leaves its GRPO group's statistics
+    (advantage 0) and the router does not learn from it."""
+    return np.asarray(res.similarity_ok, np.float32).reshape(P, K)
+
+
 def fixed_mix_probs(mix: str, languages) -> np.ndarray:
     """"own:0.75,en:0.25" -> probabilities over [languages..., own] for fixed-mix baselines."""
     probs = np.zeros(len(languages) + 1, np.float32)

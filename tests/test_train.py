@@ -182,3 +182,17 @@ def test_over_long_prompts_are_caught_at_start_up():
     skipped = collections.Counter()
     kept = trainer.drop_long_prompts(exs, builder, cfg.router.languages, cfg, skipped)
     assert [ex.id for ex in kept] == ["short", "ok"] and skipped == {"prompt_length": 1}
+
+
+def test_a_rollout_without_a_finite_similarity_leaves_its_group():
+    """A NaN similarity (an encoder failure) makes the reward unknown: the rollout is invalid for
+    GRPO's group statistics and for the router, instead of counting as a reward of 0."""
+    import types
+
+    from lrpo_jax.rl import grpo
+    res = types.SimpleNamespace(similarity_ok=np.array([True, True, False, True]),
+                                reward=np.array([1.0, 0.0, 0.0, 0.5], np.float32))
+    valid = trainer.rollout_valid(res, 2, 2)
+    np.testing.assert_array_equal(valid, [[1, 1], [0, 1]])
+    adv = np.asarray(grpo.group_advantages(res.reward.reshape(2, 2), valid))
+    assert adv[1, 0] == 0 and adv[1, 1] == pytest.approx(0.5 / (1 + 1e-6))  # a singleton group now
