@@ -114,6 +114,7 @@ class StopRequest:
 
     def __init__(self, signals=(signal.SIGTERM, signal.SIGINT)):
         self._event = threading.Event()
+        self.signal: int | None = None  # the first signal received
         self._previous = {}
         self._signals = signals
 
@@ -130,6 +131,7 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         logging.warning("received %s: will checkpoint and stop after this step", signal.Signals(signum).name)
+        self.signal = signum
         self._event.set()
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
 

@@ -55,6 +55,23 @@ import numpy as np
 from lrpo_jax import vocab as vocab_lib
 
 NORMS = ("none", "center", "zscore")
+
+# config.router ranges: key -> (low, high, low inclusive). Checked by `check_config` before anything
+# runs (trainer and simulator alike), so a typo fails at start-up, not inside a traced update.
+_RANGES = {"alpha": (0.0, 1.0, False), "eps_init": (0.0, 1.0, True), "eps_min": (0.0, 1.0, True),
+           "eps_decay": (0.0, 1.0, False), "tau_init": (0.0, float("inf"), False),
+           "tau_min": (0.0, float("inf"), False), "tau_decay": (0.0, 1.0, False),
+           "update_every": (1, float("inf"), True)}
+
+
+def check_config(r) -> None:
+    """Validates config.router's enumerated and numeric settings, naming the key."""
+    if r.norm not in NORMS:
+        raise ValueError(f"config.router.norm={r.norm!r}; expected one of {NORMS}")
+    for key, (low, high, inclusive) in _RANGES.items():
+        value = r[key]
+        if not (low <= value <= high if inclusive else low < value <= high):
+            raise ValueError(f"config.router.{key}={value!r} must be within {'[' if inclusive else '('}{low}, {high}]")
 _NEVER = np.iinfo(np.int32).max  # first_seen of a cell not observed since the last update
 
 

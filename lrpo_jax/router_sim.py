@@ -186,6 +186,7 @@ def scenario_config(cfg, name: str):
 def run_scenario(cfg, name: str) -> dict[str, Any]:
     """Builds the world of scenario `name` and simulates it; returns numpy traces and metrics."""
     cfg, scenario = scenario_config(cfg, name)
+    router.check_config(cfg.router)  # before the world is built: a bad key fails at once, naming it
     world = build_world(cfg, scenario)
     spec, r = world.spec, cfg.router
     settings = Settings(steps=cfg.steps, prompts=cfg.prompts_per_step, K=r.K, K_on=r.K_on,

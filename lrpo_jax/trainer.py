@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import signal
 import time
 
 import jax
@@ -121,7 +122,6 @@ def _choices_and_ranges(cfg) -> None:
     choices = {
         "data.source": ("gsm_symbolic", "mgsm", "parquet", "jsonl", "care_json"),
         "prompt.chat_template": ("auto", "never", "always"),
-        "router.norm": router_lib.NORMS,
         "reward.pooling": ("mean", "cls"),
         "reward.calibration": ("raw", "mean", "quantile"),
         "reward.missing_pair": calib_lib.FALLBACKS,
@@ -134,18 +134,28 @@ def _choices_and_ranges(cfg) -> None:
         if value not in allowed:
             raise ValueError(f"config.{key}={value!r}; expected one of {tuple(allowed)}")
     ranges = {  # key: (low, high, low inclusive)
-        "router.alpha": (0.0, 1.0, False), "router.eps_init": (0.0, 1.0, True), "router.eps_min": (0.0, 1.0, True),
-        "router.eps_decay": (0.0, 1.0, False), "router.tau_init": (0.0, float("inf"), False),
-        "router.tau_min": (0.0, float("inf"), False), "router.tau_decay": (0.0, 1.0, False),
-        "router.update_every": (1, float("inf"), True), "reward.gate_threshold": (0.0, 1.0, True),
+        "reward.gate_threshold": (0.0, 1.0, True),
         "rollout.K": (1, float("inf"), True), "rollout.temperature": (0.0, float("inf"), True),
         "rollout.top_p": (0.0, 1.0, False), "rollout.top_k": (0, float("inf"), True),
         "rl.clip_low": (0.0, 1.0, True), "rl.clip_high": (0.0, float("inf"), True),
+        "total_steps": (1, float("inf"), True), "data.prompts_per_step": (1, float("inf"), True),
+        "rollout.max_new_tokens": (1, float("inf"), True), "rl.ppo_epochs": (1, float("inf"), True),
+        "rl.mini_batches": (1, float("inf"), True), "rl.micro_batch": (1, float("inf"), True),
+        "rl.kl_coef": (0.0, float("inf"), True), "optim.lr": (0.0, float("inf"), True),
+        "reward.similarity_weight": (0.0, float("inf"), True), "reward.answer_weight": (0.0, float("inf"), True),
     }
     for key, (low, high, inclusive) in ranges.items():
-        value = cfg[key.split(".")[0]][key.split(".")[1]]
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
         if not (low <= value <= high if inclusive else low < value <= high):
             raise ValueError(f"config.{key}={value!r} must be within {'[' if inclusive else '('}{low}, {high}]")
+    router_lib.check_config(cfg.router)
+    if not (cfg.reward.similarity_weight or cfg.reward.answer_weight):
+        raise ValueError("config.reward.similarity_weight and reward.answer_weight are both 0: no reward to learn from")
+    if not cfg.reward.similarity_weight and cfg.reward.calibration != "raw":
+        raise ValueError(f"config.reward.similarity_weight=0 turns the similarity reward off, so nothing is calibrated: "
+                         f"set config.reward.calibration='raw' too (got {cfg.reward.calibration!r})")
     if cfg.rl.clip_c <= 1:
         raise ValueError(f"config.rl.clip_c={cfg.rl.clip_c!r} must be > 1 (dual-clip bound on negative advantages)")
     if cfg.router.fixed_mix:
@@ -184,6 +194,34 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
                          f"'mean' (got {cfg.reward.calibration!r})")
 
 
+# Settings a checkpoint's arrays depend on: the policy's shapes and the router's vocabularies (a
+# different language list of the same length would silently relabel the learned A/B columns).
+RESUME_FIXED = ("policy", "router.languages", "router.topics", "router.regions", "router.regional_topics")
+
+
+def _flat(tree, prefix=""):
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: tree}
+
+
+def check_resume_config(workdir: pathlib.Path, cfg) -> dict:
+    """Compares the config a workdir's checkpoints were written with (its config.json) against this
+    run's. Raises, naming the keys, if a RESUME_FIXED setting changed; returns the other changes
+    ({key: (old, new)}, e.g. total_steps) so the caller can report them. {} for a fresh workdir."""
+    saved, ckpts = workdir / "config.json", workdir / "checkpoints"
+    if not (saved.exists() and ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+        return {}
+    old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(cfg.to_json_best_effort()))
+    changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in RESUME_FIXED)]
+    if fixed:
+        raise ValueError(f"{workdir} holds checkpoints of another set-up: "
+                         + "; ".join(f"config.{k} was {changed[k][0]!r}, now {changed[k][1]!r}" for k in fixed)
+                         + ". Resume with the same settings, or train in a new --workdir")
+    return changed
+
+
 # ==================================================================================================
 # Training.
 # ==================================================================================================
@@ -198,7 +236,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = parallel.make_mesh(tuple(tuple(a) for a in cfg.mesh))
     parallel.log_mesh(mesh)
     compiles = metrics_lib.CompileCounter()
-    if lead:
+    changed = check_resume_config(workdir, cfg)
+    if changed and lead:
+        logging.warning("resuming %s with changed settings: %s", workdir,
+                        "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    if lead:  # only after the check: the workdir's config.json must keep describing its checkpoints
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     K, K_on, P = cfg.rollout.K, cfg.router.K_on, cfg.data.prompts_per_step
     N = cfg.rollout.max_new_tokens
@@ -328,6 +370,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # ---------------------------------------------------------------------------------- loop
     seen_buckets, seen_encoder_programs = set(), 0
+    stopped_by = None
     with checkpoint.StopRequest() as stop:
         for step in range(start, cfg.total_steps):
             t_step = time.perf_counter()
@@ -427,13 +470,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     ckpt.wait()
                     os.kill(os.getpid(), 9)
             if stopping:
+                stopped_by = int(stop.signal or signal.SIGTERM)  # another process got it: stop as for SIGTERM
                 logging.warning("stopping at step %d on request; resume with the same command", step + 1)
                 break
     ckpt.close()
     writer.close()
     if bar is not None:
         bar.close()
-    final = {"step": int(state.step), "history": history, "workdir": str(workdir),
+    final = {"step": int(state.step), "total_steps": cfg.total_steps, "stopped_by": stopped_by,
+             "history": history, "workdir": str(workdir),
              "router": router_log.log_record(spec, state.router, *(float(x) for x in router_lib.tau_eps(state.router.step, r)))}
     if lead:
         print_summary(final, spec, languages)
@@ -520,7 +565,11 @@ def rollout_table(rows, targets, texts, res, shown: int) -> str:
 
 def print_summary(final: dict, spec, languages) -> None:
     hist = final["history"]
-    print(f"\n=== LRPO finished at step {final['step']} ===")
+    if final.get("stopped_by"):
+        print(f"\n=== LRPO stopped at step {final['step']} of {final['total_steps']} on "
+              f"{signal.Signals(final['stopped_by']).name}: checkpoint saved, resume with the same command ===")
+    else:
+        print(f"\n=== LRPO finished at step {final['step']} ===")
     if hist.get("first") and hist.get("last"):
         print("reward / compliance by routed language (first step -> last step):")
         for lang in sorted(set(hist["first"]) | set(hist["last"])):

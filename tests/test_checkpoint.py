@@ -81,5 +81,5 @@ def test_stop_request_flag():
     with checkpoint.StopRequest() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.requested
+        assert stop.requested and stop.signal == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

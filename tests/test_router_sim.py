@@ -76,6 +76,15 @@ def test_world_errors_name_the_cell():
         router_sim.run_scenario(cfg, "clean")
     with pytest.raises(ValueError, match="unknown scenarios \\['sunny'\\]"):
         sim_config.get_config("scenarios=sunny")
+    # router settings get the trainer's checks, before any simulation (not a ZeroDivisionError at the end)
+    for key, value, msg in (("update_every", 0, r"config.router.update_every=0 must be within \[1, inf\]"),
+                            ("tau_init", 0.0, r"config.router.tau_init=0.0 must be within \(0.0, inf\]"),
+                            ("alpha", 1.5, r"config.router.alpha=1.5 must be within \(0.0, 1.0\]"),
+                            ("norm", "zcore", r"config.router.norm='zcore'; expected one of")):
+        cfg = sim_config.get_config("scenarios=clean")
+        cfg.router[key] = value
+        with pytest.raises(ValueError, match=msg):
+            router_sim.run_scenario(cfg, "clean")
 
 
 def test_cli_writes_jsonl_metrics_and_plots(tmp_path):

@@ -98,6 +98,16 @@ def test_exact_resume_after_sigkill(uninterrupted, tmp_path):
     (lambda c: c.router.__setattr__("alpha", 0.0), r"config.router.alpha=0.0 must be within \(0.0, 1.0\]"),
     (lambda c: c.router.__setattr__("eps_init", 1.5), r"config.router.eps_init=1.5 must be within"),
     (lambda c: c.rl.__setattr__("clip_c", 0.5), r"config.rl.clip_c=0.5 must be > 1"),
+    # values that used to fail late (an empty argmax, a dynamic_update_slice shape, a None .items())
+    # or train silently (a negative lr or KL coefficient)
+    (lambda c: c.data.__setattr__("prompts_per_step", 0), r"config.data.prompts_per_step=0 must be within \[1, inf\]"),
+    (lambda c: c.rollout.__setattr__("max_new_tokens", 0), r"config.rollout.max_new_tokens=0 must be within"),
+    (lambda c: c.rl.__setattr__("ppo_epochs", 0), r"config.rl.ppo_epochs=0 must be within"),
+    (lambda c: c.optim.__setattr__("lr", -0.1), r"config.optim.lr=-0.1 must be within \[0.0, inf\]"),
+    (lambda c: c.rl.__setattr__("kl_coef", -1.0), r"config.rl.kl_coef=-1.0 must be within"),
+    (lambda c: (c.reward.__setattr__("similarity_weight", 0.0), c.reward.__setattr__("answer_weight", 1.0)),
+     r"similarity_weight=0 turns the similarity reward off.*calibration='raw'"),
+    (lambda c: c.reward.__setattr__("similarity_weight", 0.0), r"both 0: no reward to learn from"),
     (lambda c: c.router.__setattr__("fixed_mix", "own:0.5,en:-0.2,de:0.1"), r"entry 'en:-0.2': weights must be"),
     (lambda c: c.router.__setattr__("fixed_mix", "own:0.5,en:"), r"entry 'en:': expected 'code:weight'"),
     (lambda c: (c.router.__setattr__("fixed_mix", "own:1"), c.router.__setattr__("enabled", False)),
@@ -196,3 +206,43 @@ def test_a_rollout_without_a_finite_similarity_leaves_its_group():
     np.testing.assert_array_equal(valid, [[1, 1], [0, 1]])
     adv = np.asarray(grpo.group_advantages(res.reward.reshape(2, 2), valid))
     assert adv[1, 0] == 0 and adv[1, 1] == pytest.approx(0.5 / (1 + 1e-6))  # a singleton group now
+
+
+def test_resume_refuses_another_set_up_and_reports_other_changes(tmp_path):
+    """A workdir's checkpoints belong to its config: resuming with other router languages (same count:
+    the learned columns would be silently relabelled) or another policy shape is refused, naming the
+    keys, before config.json is rewritten; other changes (more steps) are returned for the log."""
+    cfg = _smoke()
+    assert trainer.check_resume_config(tmp_path, cfg) == {}  # fresh workdir
+    (tmp_path / "config.json").write_text(cfg.to_json_best_effort())
+    assert trainer.check_resume_config(tmp_path, cfg) == {}  # no checkpoint yet: nothing to protect
+    (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+    assert trainer.check_resume_config(tmp_path, cfg) == {}
+    longer = _smoke("steps=6")
+    assert trainer.check_resume_config(tmp_path, longer) == {"total_steps": (3, 6)}
+    langs = list(cfg.router.languages)
+    relabelled = _smoke()
+    relabelled.router.languages = tuple(["ru" if x == "en" else x for x in langs])
+    with pytest.raises(ValueError, match=r"another set-up: config.router.languages was .*'en'.*now .*'ru'"):
+        trainer.check_resume_config(tmp_path, relabelled)
+    deeper = _smoke()
+    deeper.policy.overrides = {**deeper.policy.overrides, "num_layers": 3}
+    with pytest.raises(ValueError, match=r"config.policy.overrides.num_layers was 2, now 3"):
+        trainer.check_resume_config(tmp_path, deeper)
+
+
+def test_a_stopped_run_exits_as_killed_by_its_signal():
+    """SIGTERM/SIGINT: checkpoint, a 'stopped' summary, and exit code 128 + signal (not 0, which a
+    scheduler or sweep would read as finished)."""
+    code = ("import sys; from absl import app; from lrpo_jax import train, trainer; "
+            "trainer.train = lambda cfg, workdir: {'stopped_by': 15}; "
+            "sys.argv = ['train', '--config', 'configs/smoke.py', '--workdir', '/nonexistent']; app.run(train.main)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    import io
+    import contextlib
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        trainer.print_summary({"step": 5, "total_steps": 20, "stopped_by": 2, "history": {},
+                               "router": {"probs": {}}, "workdir": "w"}, None, ())
+    assert "stopped at step 5 of 20 on SIGINT: checkpoint saved" in buf.getvalue()

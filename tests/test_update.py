@@ -114,6 +114,20 @@ def test_several_epochs_need_old_logp_and_clip_binds(setup):
     assert float(metrics["pg_clipfrac"]) > 0  # later steps are off-policy with a big lr
 
 
+def test_loss_and_grad_norm_metrics_average_the_optimizer_steps(setup):
+    """With several mini-batches, `loss`/`grad_norm` are the means over the optimizer steps (lr 0:
+    every step sees the same params), not the last mini-batch's values."""
+    params, batch = setup
+    lp, _ = toy_logp(params, batch)
+    batch = dict(batch, old_logp=lp)
+    run = lambda cfg, b: jax.jit(make_update(toy_logp, optax.sgd(0.0), cfg))(params, optax.sgd(0.0).init(params), b)[2]  # noqa: E731
+    both = run(UpdateConfig(micro_batch=4, mini_batches=2), batch)
+    halves = [run(UpdateConfig(micro_batch=4), jax.tree.map(lambda x: x[i * 4:(i + 1) * 4], batch)) for i in (0, 1)]
+    for key in ("loss", "grad_norm"):
+        assert float(halves[0][key]) != pytest.approx(float(halves[1][key]), rel=1e-3), key
+        np.testing.assert_allclose(both[key], (halves[0][key] + halves[1][key]) / 2, rtol=1e-5, err_msg=key)
+
+
 def test_per_token_loss_masks_padding(setup):
     params, batch = setup
     lp, ent = toy_logp(params, batch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 from typing import Sequence
 
 import jax
@@ -45,7 +46,11 @@ class RewardModel:
         if calibration != "raw":
             if table is None:
                 raise ValueError(f"reward.calibration={calibration!r} needs a calibration table")
-            if table.check_covers(languages, missing_pair):  # raises for 'error'
+            absent = table.check_covers(languages, missing_pair)  # raises for 'error'
+            if absent:
+                # Said once at start-up; each use is counted in the metrics (reasons/calibration_fallback).
+                logging.warning("calibration table lacks %d language pair(s), scored by reward.missing_pair=%r: %s",
+                                len(absent), missing_pair, ", ".join(f"{a}->{b}" for a, b in absent))
                 table, self._absent = calib_lib.with_fallback(table, languages, missing_pair)
         self.sim, self.lid, self.table = similarity, lid, table
         self.calibration, self.gate_mode, self.threshold = calibration, gate, gate_threshold

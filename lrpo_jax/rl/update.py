@@ -126,7 +126,10 @@ def make_update(logp_fn: LogpFn, optimizer: optax.GradientTransformation, cfg: U
         if rows % cfg.mini_batches:
             raise ValueError(f"batch of {rows} rows is not divisible by rl.mini_batches={cfg.mini_batches}")
         size = rows // cfg.mini_batches
-        metrics = {"skipped_steps": jnp.float32(0.0)}
+        # loss and grad_norm: means over the optimizer steps (mini-batches x epochs), like the
+        # per-token metrics below, not the last step's values.
+        metrics = {"skipped_steps": jnp.float32(0.0), "loss": jnp.float32(0.0), "grad_norm": jnp.float32(0.0)}
+        steps = cfg.ppo_epochs * cfg.mini_batches
         sums_total = None
         for _ in range(cfg.ppo_epochs):
             for i in range(cfg.mini_batches):
@@ -140,8 +143,8 @@ def make_update(logp_fn: LogpFn, optimizer: optax.GradientTransformation, cfg: U
                 params = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_params, params)
                 opt_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_opt, opt_state)
                 metrics["skipped_steps"] += (~ok).astype(jnp.float32)
-                metrics["loss"] = loss
-                metrics["grad_norm"] = gnorm
+                metrics["loss"] += loss / steps
+                metrics["grad_norm"] += gnorm / steps
                 sums_total = sums if sums_total is None else jax.tree.map(jnp.add, sums_total, sums)
         tokens = batch["response_mask"].astype(jnp.float32).sum() * cfg.ppo_epochs
         for k, v in sums_total.items():
