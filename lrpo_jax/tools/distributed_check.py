@@ -46,11 +46,15 @@ def loss_fn(params, graphdef, tokens, mask):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--mesh", default="data=2,fsdp=2,tensor=1")
+    ap.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1",
+                    help="axis=size list; -1 = the rest of the devices (the default fits any device count)")
     ap.add_argument("--rows", type=int, default=16)
     args = ap.parse_args(argv)
     parallel.maybe_initialize_distributed()
-    mesh = parallel.make_mesh([(k, int(v)) for k, v in (kv.split("=") for kv in args.mesh.split(","))])
+    try:
+        mesh = parallel.make_mesh([(k, int(v)) for k, v in (kv.split("=") for kv in args.mesh.split(","))])
+    except ValueError as e:
+        raise SystemExit(f"--mesh {args.mesh}: {e}") from None
     graphdef, params = nnx.split(TinyPolicy(rngs=nnx.Rngs(0)))
     shardings = parallel.param_shardings(params, mesh)
     params = jax.jit(lambda p: p, out_shardings=shardings)(params)
