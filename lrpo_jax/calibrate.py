@@ -47,6 +47,15 @@ def parallel_items(examples: Sequence[Example], languages: Sequence[str]) -> dic
     return {k: v for k, v in sorted(items.items()) if len(v) >= 2}
 
 
+def require_parallel_items(items: dict, examples: Sequence[Example], languages: Sequence[str]) -> None:
+    """Stops before anything is embedded or written when no item is parallel (an empty table would
+    only fail later, in the diagnostic, with a misleading "too few items")."""
+    if not items:
+        with_id = sum(1 for ex in examples if ex.pair_id and ex.language in languages)
+        raise ValueError(f"no parallel items (shared pair_id) for languages {list(languages)}: {with_id} of "
+                         f"{len(examples)} rows have a pair_id, and no pair_id occurs in two of these languages")
+
+
 def paraphrase_items(examples: Sequence[Example], languages: Sequence[str],
                      field: str = "answer") -> dict[str, dict[str, Example]]:
     """pair_id -> {language: example}: an item's second row in a language whose `field` text differs
@@ -168,8 +177,7 @@ def build_table(model, examples: Sequence[Example], languages: Sequence[str], *,
                 provenance: dict | None = None, progress: bool = True,
                 same_language: str = "identity") -> calib_lib.CalibrationTable:
     items = parallel_items(examples, languages)
-    if not items:
-        raise ValueError(f"no parallel items (shared pair_id) for languages {list(languages)}")
+    require_parallel_items(items, examples, languages)
     emb = embed_answers(model, items, languages, cache_dir, progress)
     para = (embed_answers(model, paraphrase_items(examples, languages), languages, cache_dir, progress, name="para")
             if same_language == "paraphrase" else None)
@@ -268,6 +276,53 @@ def plot_report(report: dict, embeddings_table: calib_lib.CalibrationTable, path
     plt.close(fig)
 
 
+def run(cfg, out: pathlib.Path) -> None:
+    """The CLI's build: table, embeddings cache and report in `out` (made only once data checks pass)."""
+    from lrpo_jax import vocab
+    from lrpo_jax.data import sources
+    from lrpo_jax.models import shipped
+    from lrpo_jax.rewards.similarity import SimilarityModel
+    langs = tuple(cfg.languages)
+    v = dict(languages=vocab.language_vocab(langs), topics=vocab.topic_vocab(), regions=vocab.region_vocab())
+    examples, skipped = sources.load_examples(cfg.data, **v)
+    if skipped:
+        print(f"skipped rows by field: {dict(skipped)}")
+    items = parallel_items(examples, langs)
+    require_parallel_items(items, examples, langs)
+    out.mkdir(parents=True, exist_ok=True)
+    model = SimilarityModel.from_folder(shipped.resolve(cfg.encoder), max_length=cfg.max_length,
+                                        pooling=cfg.pooling)
+    key = f"{cfg.encoder}|{cfg.pooling}|{cfg.max_length}"
+    emb = embed_answers(model, items, langs, out, field=cfg.text_field, model_key=key)
+    para = None
+    if cfg.same_language == "paraphrase":
+        para = embed_answers(model, paraphrase_items(examples, langs, cfg.text_field), langs, out,
+                             field=cfg.text_field, model_key=key, name="para")
+    same = dict(same_language=cfg.same_language, paraphrases=para)
+    prov = {"encoder": cfg.encoder, "pooling": cfg.pooling, "data": cfg.data.source, "items": len(items),
+            "field": cfg.text_field, "same_language": cfg.same_language}
+    if para is not None:
+        prov["paraphrases"] = {lang: len(ids) for lang, (ids, _) in para.items()}
+        without = [lang for lang, n in prov["paraphrases"].items() if n < 3]
+        if without:
+            print(f"same-language pairs: no paraphrase rows for {without}: those (a, a) pairs are absent "
+                  f"(reward.missing_pair decides how they score)")
+    table = calib_lib.build(langs, *similarity_samples(emb, langs, mismatches=cfg.mismatches,
+                                                       hard_negatives=cfg.hard_negatives, seed=cfg.seed, **same),
+                            num_levels=cfg.num_levels, provenance=prov)
+    # The diagnostic before the table: if it fails (too few items), no table is left behind looking usable.
+    report = diagnose(emb, langs, seed=cfg.seed, num_levels=cfg.num_levels, **same)
+    path = calib_lib.save(table, out / calib_lib.TABLE_FILE)
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    plot_report(report, table, out / "report.png")
+    print(f"table: {path}\nreport: {out / 'report.json'}, {out / 'report.png'}")
+    print(f"across-pair spread of held-out equivalent means: raw {report['spread']['raw']:.4f}, "
+          f"mean-calibrated {report['spread']['mean']:.5f} ({report['spread_shrink']['mean']:.1f}x smaller), "
+          f"quantile {report['spread']['quantile']:.5f} ({report['spread_shrink']['quantile']:.1f}x)")
+    print(f"largest per-pair AUC drop: mean {report['max_auc_drop']['mean']:.4f}, "
+          f"quantile {report['max_auc_drop']['quantile']:.4f}")
+
+
 def main(argv=None):
     from absl import app, flags
     from ml_collections import config_flags
@@ -275,51 +330,7 @@ def main(argv=None):
     config = config_flags.DEFINE_config_file("config", None, "configs/calibrate.py[:args]")
     workdir = flags.DEFINE_string("workdir", None, "output folder (table, embeddings cache, report)")
     flags.mark_flags_as_required(["config", "workdir"])
-
-    def run(_):
-        from lrpo_jax import vocab
-        from lrpo_jax.data import sources
-        from lrpo_jax.models import shipped
-        from lrpo_jax.rewards.similarity import SimilarityModel
-        cfg = config.value
-        out = pathlib.Path(workdir.value)
-        out.mkdir(parents=True, exist_ok=True)
-        langs = tuple(cfg.languages)
-        v = dict(languages=vocab.language_vocab(langs), topics=vocab.topic_vocab(), regions=vocab.region_vocab())
-        examples, _ = sources.load_examples(cfg.data, **v)
-        model = SimilarityModel.from_folder(shipped.resolve(cfg.encoder), max_length=cfg.max_length,
-                                            pooling=cfg.pooling)
-        items = parallel_items(examples, langs)
-        key = f"{cfg.encoder}|{cfg.pooling}|{cfg.max_length}"
-        emb = embed_answers(model, items, langs, out, field=cfg.text_field, model_key=key)
-        para = None
-        if cfg.same_language == "paraphrase":
-            para = embed_answers(model, paraphrase_items(examples, langs, cfg.text_field), langs, out,
-                                 field=cfg.text_field, model_key=key, name="para")
-        same = dict(same_language=cfg.same_language, paraphrases=para)
-        prov = {"encoder": cfg.encoder, "pooling": cfg.pooling, "data": cfg.data.source, "items": len(items),
-                "field": cfg.text_field, "same_language": cfg.same_language}
-        if para is not None:
-            prov["paraphrases"] = {lang: len(ids) for lang, (ids, _) in para.items()}
-            without = [lang for lang, n in prov["paraphrases"].items() if n < 3]
-            if without:
-                print(f"same-language pairs: no paraphrase rows for {without}: those (a, a) pairs are absent "
-                      f"(reward.missing_pair decides how they score)")
-        table = calib_lib.build(langs, *similarity_samples(emb, langs, mismatches=cfg.mismatches,
-                                                           hard_negatives=cfg.hard_negatives, seed=cfg.seed, **same),
-                                num_levels=cfg.num_levels, provenance=prov)
-        path = calib_lib.save(table, out / "table")
-        report = diagnose(emb, langs, seed=cfg.seed, num_levels=cfg.num_levels, **same)
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        plot_report(report, table, out / "report.png")
-        print(f"table: {path}\nreport: {out / 'report.json'}, {out / 'report.png'}")
-        print(f"across-pair spread of held-out equivalent means: raw {report['spread']['raw']:.4f}, "
-              f"mean-calibrated {report['spread']['mean']:.5f} ({report['spread_shrink']['mean']:.1f}x smaller), "
-              f"quantile {report['spread']['quantile']:.5f} ({report['spread_shrink']['quantile']:.1f}x)")
-        print(f"largest per-pair AUC drop: mean {report['max_auc_drop']['mean']:.4f}, "
-              f"quantile {report['max_auc_drop']['quantile']:.4f}")
-
-    app.run(run, argv)
+    app.run(lambda _: run(config.value, pathlib.Path(workdir.value)), argv)
 
 
 if __name__ == "__main__":

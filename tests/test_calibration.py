@@ -155,6 +155,25 @@ def test_save_load_round_trip_and_validation(tmp_path):
         cal.load(tmp_path / "t")
 
 
+def test_table_paths_keep_dots_and_missing_tables_name_the_given_path(tmp_path):
+    table = _table()
+    assert cal.save(table, tmp_path / "e5.v2.npz") == tmp_path / "e5.v2.npz"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e5.v2.json", "e5.v2.npz"]
+    for given in ("e5.v2.npz", "e5.v2.json", "e5.v2"):
+        assert cal.load(tmp_path / given).languages == LANGS
+    with pytest.raises(FileNotFoundError, match=rf"calibration table {tmp_path / 'nope.npz'}: .* not found \(a "
+                                                r"table is a <name>.npz \+ <name>.json pair"):
+        cal.load(tmp_path / "nope.npz")
+    (tmp_path / "e5.v2.json").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"e5.v2.npz: {tmp_path / 'e5.v2.json'} not found"):
+        cal.load(tmp_path / "e5.v2.npz")
+    # A calibrate workdir: the table it writes there loads; another folder says it is one.
+    cal.save(table, tmp_path / "w" / cal.TABLE_FILE)
+    assert cal.load(tmp_path / "w").languages == LANGS
+    with pytest.raises(FileNotFoundError, match=rf"calibration table {tmp_path} is a folder without table.npz"):
+        cal.load(tmp_path)
+
+
 def test_concurrent_saves_of_one_table_do_not_collide(tmp_path):
     """Every process of a multi-process run builds the cached 'auto' table and saves it to the same
     path: each writes under its own temporary name, metadata first, so the .npz marks a whole table."""

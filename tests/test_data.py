@@ -1,5 +1,6 @@
 """Data layer: validation errors name row and field, converters, deterministic resumable iteration."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -35,6 +36,10 @@ def test_reference_schema_rows_parse():
     (_row(extra_info={"language": "de", "region": ["Atlantis"]}), r"field extra_info.region: unknown region 'Atlantis'"),
     (_row(question=None), r"row 4, field question: missing or empty question"),
     (_row(answer="  "), r"row 4, field answer: missing or empty reference answer"),
+    (_row(numeric_answer="nan"), r"row 4, field numeric_answer: not a finite number: 'nan'"),
+    (_row(extra_info={"language": "de", "numeric_answer": float("-inf")}),
+     r"row 4, field extra_info.numeric_answer: not a finite number: -inf"),
+    ([_row()], r"row 4: not an object but list"),
 ])
 def test_bad_rows_name_row_and_field_and_never_default_to_english(row, message):
     with pytest.raises(schema.DataError, match=message):
@@ -68,6 +73,43 @@ def test_jsonl_parquet_round_trip(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps(_row()) + "\n{oops\n")
     with pytest.raises(schema.DataError, match="line 2 is not JSON"):
         sources.read_jsonl(tmp_path / "bad.jsonl")
+
+
+def _load_jsonl(path, langs=("de", "ja"), skip=False):
+    import ml_collections
+    cfg = ml_collections.ConfigDict(dict(source="jsonl", path=str(path), languages=langs, max_items=0,
+                                         skip_bad_rows=skip))
+    return sources.load_examples(cfg, **V)
+
+
+def test_jsonl_errors_name_the_file_and_line(tmp_path):
+    """Schema errors, JSON errors and non-object lines all say `<path>: line <1-based line>`."""
+    path = tmp_path / "d.jsonl"
+    good = json.dumps(_row(id="a"))
+    path.write_text(f"{good}\n\n{json.dumps(_row(id='b', ability='Cooking'))}\n")  # row 1 is on line 3
+    with pytest.raises(schema.DataError, match=rf"^{path}: line 3, field ability: unknown topic 'Cooking'"):
+        _load_jsonl(path)
+    exs, skipped = _load_jsonl(path, skip=True)  # counted by field, though the path is in the message
+    assert [e.id for e in exs] == ["a"] and skipped == {"ability": 1}
+    for bad in ("42", "[1, 2]"):
+        path.write_text(f"{good}\n{bad}\n")
+        with pytest.raises(schema.DataError, match=rf"^{path}: line 2 is not a JSON object: {re.escape(bad)}$"):
+            _load_jsonl(path)
+
+
+def test_rows_in_unselected_languages_are_counted(tmp_path):
+    rows = [_row(id="a"), _row(id="b", extra_info={"language": "ja"}), _row(id="c", extra_info={"language": "ja"})]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    exs, skipped = _load_jsonl(tmp_path / "d.jsonl", langs=("de",))
+    assert [e.id for e in exs] == ["a"] and skipped == {"language_not_selected": 2}
+
+
+def test_mgsm_files_must_have_equal_line_counts(tmp_path):
+    (tmp_path / "mgsm_en.tsv").write_text("Q1\t1\nQ2\t2\n")
+    (tmp_path / "mgsm_de.tsv").write_text("F1\t1\n")
+    with pytest.raises(schema.DataError, match=rf"different line counts.*{tmp_path / 'mgsm_en.tsv'} has 2, "
+                                               rf"{tmp_path / 'mgsm_de.tsv'} has 1"):
+        sources.mgsm_rows(tmp_path, ["en", "de"])
 
 
 def test_mgsm_converter(mgsm_dir):

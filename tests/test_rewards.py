@@ -101,12 +101,16 @@ def test_missing_language_pair_fails_at_start_up():
     ("mean", "raw", 0.8),                              # (raw + 1) / 2
     ("mean", "mu_ref", 0.8),                           # mean mu_ref: no shift, the same as raw
 ])
-def test_missing_pair_fallbacks_score_and_count(calibration, fallback, want):
+def test_missing_pair_fallbacks_score_and_count(calibration, fallback, want, caplog):
     present = np.array([[True, True], [False, True]])  # en->de absent; fr not in the table at all
     table = _table().replace(quantiles=np.array([[[0.5, 1.0], [0.3, 0.9]], [[0.0, 0.0], [0.4, 1.0]]], np.float32),
                              present=present).indexed(8)
-    model = combine.RewardModel(_FakeSim(), lid.LanguageID(("de", "en", "fr")), table, calibration=calibration,
-                                missing_pair=fallback, languages=("de", "en", "fr"))
+    with caplog.at_level("WARNING"):
+        model = combine.RewardModel(_FakeSim(), lid.LanguageID(("de", "en", "fr")), table, calibration=calibration,
+                                    missing_pair=fallback, languages=("de", "en", "fr"))
+    # said once at start-up, naming the pairs (each use is then counted in the metrics)
+    assert (f"lacks 6 language pair(s), scored by reward.missing_pair={fallback!r}: de->fr, en->de, en->fr, fr->de, "
+            f"fr->en, fr->fr") in caplog.text
     # Both rows have cosine 0.6 to their reference; de->fr and en->de have no statistics.
     res = model.score(["La réponse est vingt, donc 20.", "Katze Hund Maus 20"], ["fr", "de"], ["k0", "k1"],
                       ["Die Lösung ist 20.", "Die Lösung ist 20."], ["de", "en"])
@@ -218,6 +222,25 @@ def test_parallel_items_require_two_languages():
                                           language=lang, pair_id=pid)
     items = calibrate.parallel_items([mk("a", "de"), mk("a", "en"), mk("b", "de"), mk(None, "en")], ("de", "en"))
     assert list(items) == ["a"]
+
+
+def test_calibrate_cli_without_parallel_items_stops_before_writing(tmp_path):
+    """Rows sharing no pair_id: the CLI stops with the reason, not after saving an empty table with a
+    "too few items for the diagnostic" error."""
+    import importlib.util
+    import pathlib
+    spec = importlib.util.spec_from_file_location(
+        "calibrate_cfg", pathlib.Path(__file__).resolve().parents[1] / "configs" / "calibrate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rows = [{"question": f"q{i}", "answer": f"a{i}", "ability": "General Knowledge", "language": lang,
+             "id": f"{lang}{i}"} for lang in ("de", "ja") for i in range(5)]
+    data = tmp_path / "good.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"no parallel items \(shared pair_id\) for languages \['de', 'ja'\]: "
+                                         r"0 of 10 rows have a pair_id"):
+        calibrate.run(mod.get_config(f"source=jsonl,path={data},langs=de+ja"), tmp_path / "c3")
+    assert not (tmp_path / "c3").exists()
 
 
 @pytest.mark.slow

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from typing import Any, Iterable, Mapping
+import math
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,7 +18,12 @@ from lrpo_jax import vocab as vocab_lib
 
 
 class DataError(ValueError):
-    """A row that cannot be used; the message names the row and field."""
+    """A row that cannot be used; the message names the row and field, `field` is the field alone
+    (skipped rows are counted by it: parsing it out of a message breaks on paths with ': ')."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +68,10 @@ def parse_row(row: Mapping[str, Any], index: int, *, languages: vocab_lib.Vocab,
               regions: vocab_lib.Vocab, default_topic: str | None = None, where: str = "row") -> Example:
     """One raw row -> Example, raising DataError naming `where index` and the field."""
     def fail(field, msg):
-        raise DataError(f"{where} {index}, field {field}: {msg}")
+        raise DataError(f"{where} {index}, field {field}: {msg}", field)
 
+    if not isinstance(row, Mapping):  # e.g. a JSONL line `42`: not "missing question"
+        raise DataError(f"{where} {index}: not an object but {type(row).__name__} {str(row)[:60]!r}", "row")
     question, qf = _field(row, "question", "extra_info.question")
     if not isinstance(question, str) or not question.strip():
         fail(qf, f"missing or empty question ({question!r})")
@@ -91,12 +99,15 @@ def parse_row(row: Mapping[str, Any], index: int, *, languages: vocab_lib.Vocab,
     for g in regs:
         if g not in regions:
             fail(rf, f"unknown region {g!r}; configured regions: {list(regions.names)}")
-    numeric, nf = _field(row, "numeric_answer", "extra_info.numeric_answer")
-    if numeric is not None:
+    raw, nf = _field(row, "numeric_answer", "extra_info.numeric_answer")
+    numeric = None
+    if raw is not None:
         try:
-            numeric = float(numeric)
+            numeric = float(raw)
         except (TypeError, ValueError):
-            fail(nf, f"not a number: {numeric!r}")
+            fail(nf, f"not a number: {raw!r}")
+        if not math.isfinite(numeric):  # "nan" parses, but no response can equal it: the row never scores
+            fail(nf, f"not a finite number: {raw!r}")
     rid, _ = _field(row, "id", "extra_info.index", "uid")
     pair, _ = _field(row, "pair_id", "extra_info.pair_id")
     source, _ = _field(row, "source", "data_source")
@@ -107,26 +118,29 @@ def parse_row(row: Mapping[str, Any], index: int, *, languages: vocab_lib.Vocab,
 
 def validate_rows(rows: Iterable[Mapping[str, Any]], *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab,
                   regions: vocab_lib.Vocab, skip_bad_rows: bool = False, default_topic: str | None = None,
-                  where: str = "row") -> tuple[list[Example], collections.Counter]:
+                  where: str = "row", numbers: Sequence[int] | None = None
+                  ) -> tuple[list[Example], collections.Counter]:
     """Parses every row. With skip_bad_rows, bad rows are dropped and counted by field; otherwise
-    the first bad row raises DataError."""
+    the first bad row raises DataError. Errors name `where n`, n the row's index or its entry in
+    `numbers` (e.g. a JSONL file's 1-based line numbers, with where="<path>: line")."""
     out, skipped = [], collections.Counter()
     first_row: dict[str, int] = {}  # id -> row: ids key the reward's reference cache, so they must be unique
     for i, row in enumerate(rows):
+        n = numbers[i] if numbers is not None else i
         try:
-            ex = parse_row(row, i, languages=languages, topics=topics, regions=regions,
+            ex = parse_row(row, n, languages=languages, topics=topics, regions=regions,
                            default_topic=default_topic, where=where)
             if ex.id in first_row:
-                raise DataError(f"{where} {i}, field id: duplicate id {ex.id!r} (first used by {where} "
-                                f"{first_row[ex.id]}); each example needs its own id")
-            first_row[ex.id] = i
+                raise DataError(f"{where} {n}, field id: duplicate id {ex.id!r} (first used by {where} "
+                                f"{first_row[ex.id]}); each example needs its own id", "id")
+            first_row[ex.id] = n
             out.append(ex)
         except DataError as e:
             if not skip_bad_rows:
                 raise
-            skipped[str(e).split(": ", 1)[0].split("field ")[-1]] += 1
+            skipped[e.field] += 1
     if not out:
-        raise DataError(f"no usable rows in {where}s ({sum(skipped.values())} skipped: {dict(skipped)})")
+        raise DataError(f"no usable rows ({where} ...): {sum(skipped.values())} skipped, by field {dict(skipped)}")
     return out, skipped
 
 

@@ -50,16 +50,26 @@ def numeric(text: str) -> float | None:
     return value
 
 
-def read_jsonl(path: str | pathlib.Path) -> list[dict]:
-    rows = []
+def read_jsonl_lines(path: str | pathlib.Path) -> tuple[list[dict], list[int]]:
+    """(rows, their 1-based line numbers): blank lines are skipped, so a row's index is not its line.
+    Every error names the file and line ("<path>: line n"), as validate_rows does with these numbers."""
+    rows, lines = [], []
     with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
+        for n, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise schema.DataError(f"{path}: line {n + 1} is not JSON ({e.msg})") from None
-    return rows
+                    raise schema.DataError(f"{path}: line {n} is not JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise schema.DataError(f"{path}: line {n} is not a JSON object: {line.strip()[:60]}")
+                rows.append(row)
+                lines.append(n)
+    return rows, lines
+
+
+def read_jsonl(path: str | pathlib.Path) -> list[dict]:
+    return read_jsonl_lines(path)[0]
 
 
 def read_parquet(path: str | pathlib.Path) -> list[dict]:
@@ -82,11 +92,12 @@ def write_parquet(examples: Iterable[schema.Example], path: str | pathlib.Path) 
 def mgsm_rows(directory: str | pathlib.Path, languages: Sequence[str], topic: str = "Reasoning / Logic",
               with_regions: bool = False) -> list[dict]:
     directory = pathlib.Path(directory)
-    rows = []
+    rows, lines = [], {}
     for lang in languages:
         path = directory / f"mgsm_{lang}.tsv"
         if not path.exists():
             raise FileNotFoundError(f"MGSM file for language {lang!r} not found: {path}")
+        first = len(rows)
         with open(path, encoding="utf-8") as f:
             for i, rec in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)):
                 if len(rec) < 2:
@@ -95,6 +106,10 @@ def mgsm_rows(directory: str | pathlib.Path, languages: Sequence[str], topic: st
                 rows.append({"id": f"mgsm-{lang}-{i}", "question": q, "answer": a, "numeric_answer": numeric(a),
                              "topic": topic, "language": lang, "pair_id": f"mgsm-{i}", "source": "mgsm",
                              "region": [HOME_REGION[lang]] if with_regions and lang in HOME_REGION else []})
+        lines[path] = len(rows) - first
+    if len(set(lines.values())) > 1:  # pair_id is the line index: unequal files would pair unrelated items
+        raise schema.DataError("MGSM files have different line counts, but items are paired by line: "
+                               + ", ".join(f"{p} has {n}" for p, n in lines.items()))
     return rows
 
 
@@ -174,6 +189,7 @@ def load_examples(cfg, *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab, r
     """`config.data` -> (examples, skipped-row counts)."""
     src = cfg.source
     wanted = tuple(cfg.languages)
+    where, numbers = f"{src} row", None
     if src == "gsm_symbolic":
         rows = gsm_symbolic_rows(wanted, max_items=cfg.get("max_items", 0))
     elif src == "mgsm":
@@ -181,15 +197,22 @@ def load_examples(cfg, *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab, r
     elif src in ("parquet", "jsonl", "care_json"):
         if not cfg.path:
             raise ValueError(f"config.data.path is required for data.source={src!r}")
-        reader = {"parquet": read_parquet, "jsonl": read_jsonl, "care_json": care_rows}[src]
-        rows = reader(cfg.path)
+        if src == "jsonl":  # errors name the file and the 1-based line, like read_jsonl's own
+            rows, numbers = read_jsonl_lines(cfg.path)
+            where = f"{cfg.path}: line"
+        else:
+            rows = {"parquet": read_parquet, "care_json": care_rows}[src](cfg.path)
     else:
         raise ValueError(f"unknown config.data.source {src!r}; expected gsm_symbolic, mgsm, parquet, jsonl or care_json")
     examples, skipped = schema.validate_rows(rows, languages=languages, topics=topics, regions=regions,
                                              skip_bad_rows=cfg.get("skip_bad_rows", False),
-                                             where=f"{src} row")
+                                             where=where, numbers=numbers)
     if wanted and src in ("parquet", "jsonl", "care_json"):
-        examples = [e for e in examples if e.language in wanted]
+        # Valid rows in a language the run does not use: counted with the skipped rows, not lost unseen.
+        kept = [e for e in examples if e.language in wanted]
+        if len(kept) < len(examples):
+            skipped["language_not_selected"] += len(examples) - len(kept)
+        examples = kept
     if cfg.get("max_items", 0) and src != "gsm_symbolic":  # per language, like gsm_symbolic_rows
         seen, kept = collections.Counter(), []
         for e in examples:
@@ -198,5 +221,5 @@ def load_examples(cfg, *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab, r
                 kept.append(e)
         examples = kept
     if not examples:
-        raise schema.DataError(f"no examples left after filtering to languages {wanted}")
+        raise schema.DataError(f"no examples left after filtering to languages {wanted} (skipped: {dict(skipped)})")
     return examples, skipped

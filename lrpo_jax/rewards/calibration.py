@@ -279,11 +279,24 @@ def build(languages: Sequence[str], ref_lang: np.ndarray, resp_lang: np.ndarray,
                             provenance=json.dumps(prov)).indexed()
 
 
+TABLE_FILE = "table"  # `python -m lrpo_jax.calibrate --workdir W` writes W/table.npz + W/table.json
+
+
+def _files(path: str | pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """(<name>.json, <name>.npz) of a table given as <name>, <name>.npz or <name>.json. Only those two
+    suffixes are stripped: with_suffix would cut "e5.v2" to "e5"."""
+    path = pathlib.Path(path)
+    if path.suffix in (".npz", ".json"):
+        path = path.with_name(path.name[: -len(path.suffix)])
+    return path.with_name(path.name + ".json"), path.with_name(path.name + ".npz")
+
+
 def save(table: CalibrationTable, path: str | pathlib.Path) -> pathlib.Path:
     """Writes `<path>.json` (languages, provenance), then `<path>.npz` (arrays), each atomically and
     under a temporary name of its own: the .npz appearing means the table is complete, and several
     processes building the same cached table at once cannot trip over each other's files."""
-    path = pathlib.Path(path).with_suffix("")
+    meta_path, npz_path = _files(path)
+    path = npz_path.with_name(npz_path.stem)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {k: np.asarray(getattr(table, k)) for k in ("mean", "quantiles", "levels", "ub", "counts", "present",
                                                        "mu_ref")}
@@ -291,19 +304,31 @@ def save(table: CalibrationTable, path: str | pathlib.Path) -> pathlib.Path:
     meta = path.with_name(path.name + tag + ".json")
     meta.write_text(json.dumps({"languages": list(table.languages), "provenance": json.loads(table.provenance)},
                                indent=2))
-    meta.replace(path.with_suffix(".json"))
+    meta.replace(meta_path)
     tmp = path.with_name(path.name + tag + ".npz")
     np.savez(tmp, **arrays)
-    tmp.replace(path.with_suffix(".npz"))
-    return path.with_suffix(".npz")
+    tmp.replace(npz_path)
+    return npz_path
 
 
 def load(path: str | pathlib.Path) -> CalibrationTable:
-    """Reads a saved table and validates shapes, languages, finiteness and monotone quantiles."""
-    path = pathlib.Path(path).with_suffix("")
-    meta = json.loads(path.with_suffix(".json").read_text())
+    """Reads a saved table (<name>, <name>.npz or <name>.json, or a calibrate workdir holding one)
+    and validates shapes, languages, finiteness and monotone quantiles."""
+    given = path
+    if pathlib.Path(path).is_dir():
+        if not (pathlib.Path(path) / f"{TABLE_FILE}.npz").exists():
+            raise FileNotFoundError(f"calibration table {given} is a folder without {TABLE_FILE}.npz (what "
+                                    f"`python -m lrpo_jax.calibrate --workdir` writes); give the table's <name>.npz")
+        path = pathlib.Path(path) / TABLE_FILE
+    meta_path, npz_path = _files(path)
+    path = npz_path
+    missing = [str(p) for p in (npz_path, meta_path) if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"calibration table {given}: {' and '.join(missing)} not found (a table is a "
+                                f"<name>.npz + <name>.json pair, as `python -m lrpo_jax.calibrate` writes)")
+    meta = json.loads(meta_path.read_text())
     langs = tuple(meta["languages"])
-    with np.load(path.with_suffix(".npz")) as f:
+    with np.load(npz_path) as f:
         arrays = {k: f[k] for k in f.files}
     n_l = len(langs)
     problems = []
