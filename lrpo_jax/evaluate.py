@@ -47,22 +47,48 @@ class Candidate:
     prompt_mode: str        # the mode the model was trained with ("" = unknown)
 
 
-def _train_workdir(path: str) -> tuple[pathlib.Path, int | None]:
+def _config_json(folder: pathlib.Path) -> dict:
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _train_workdir(path: str, hf_usage: str = "--hf_dir {}") -> tuple[pathlib.Path, int | None]:
     path, _, step = path.partition("@")
     wd = pathlib.Path(path)
     if not (wd / "config.json").exists() and (wd.parent / "config.json").exists():
         wd = wd.parent  # the checkpoints/ folder itself was given
     if not (wd / "config.json").exists():
         raise FileNotFoundError(f"--checkpoint {path}: no config.json (a training --workdir is expected)")
+    # Caught here, not as a bare KeyError 'policy' after the swap of --checkpoint and --hf_dir.
+    cfg = _config_json(wd)
+    if "model_type" in cfg and "policy" not in cfg:
+        raise ValueError(f"--checkpoint {path} is a Hugging Face model folder (config.json has model_type "
+                         f"{cfg['model_type']!r}), not a training workdir: pass it as {hf_usage.format(path)}")
+    if "policy" not in cfg:
+        raise ValueError(f"--checkpoint {path}: {wd / 'config.json'} has no 'policy' section "
+                         f"(a training --workdir is expected)")
     return wd, int(step) if step else None
 
 
-def restore_policy(workdir: str, mesh=None) -> Candidate:
+def check_hf_folder(folder: str, given: str = "", fix: str = "--checkpoint {}") -> None:
+    """A training workdir given where a Hugging Face folder is expected: say so before transformers
+    fails deep inside its tokenizer loading. `given` names the flag as the user wrote it."""
+    path = pathlib.Path(folder).expanduser()
+    if (path / "checkpoints").is_dir() or "policy" in _config_json(path):
+        raise ValueError(f"{given or '--hf_dir ' + folder} is a training workdir (checkpoints/ and a config.json "
+                         f"with a 'policy' section), not a Hugging Face model folder: pass it as {fix.format(folder)}")
+
+
+def restore_policy(workdir: str, mesh=None, hf_usage: str = "--hf_dir {}") -> Candidate:
     """The policy of a training workdir's latest (or `@STEP`) checkpoint, restored onto `mesh`.
 
-    Reads the step counter and the params only, not the optimizer state or the router."""
+    Reads the step counter and the params only, not the optimizer state or the router. `hf_usage`
+    is the caller's flag for a Hugging Face folder, named when one is given here by mistake."""
     from lrpo_jax import checkpoint, parallel, policy as policy_lib
-    wd, step = _train_workdir(workdir)
+    wd, step = _train_workdir(workdir, hf_usage)
     tcfg = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
     # Shapes only: the base weights would be read just to be overwritten by the checkpoint's.
     dcfg, graphdef, shapes, tokenizer = policy_lib.load_policy(tcfg.policy, tcfg.seed, abstract=True)
@@ -78,6 +104,7 @@ def restore_policy(workdir: str, mesh=None) -> Candidate:
 
 
 def load_hf(folder: str, ecfg, mesh) -> Candidate:
+    check_hf_folder(folder)
     pol = ml_collections.ConfigDict(dict(source=f"hf:{folder}", dtype=ecfg.policy.dtype,
                                          param_dtype=ecfg.policy.param_dtype, remat=False, random_init=False,
                                          overrides={}))
@@ -224,6 +251,8 @@ def eval_reference(runner: Runner, builder, rewards, items, ecfg, key, log, judg
     n = collections.Counter()
     for i, (it, text) in enumerate(zip(items, texts)):
         cal, raw, gate = (float(res.components[k][i]) for k in ("calibrated", "similarity", "gate"))
+        if not text.strip():  # as in training (RewardModel.score zeroes empty responses): no answer, no credit
+            cal = raw = 0.0
         n[it.language] += 1
         vals["calibrated_similarity"][it.language].append(cal)
         vals["raw_similarity"][it.language].append(raw)
@@ -347,18 +376,24 @@ def evaluate(ecfg, *, checkpoints: Sequence[str] = (), hf_dirs: Sequence[str] = 
         if "mc" in items:
             records += eval_mc(runner, items["mc"], ecfg, log)
         del runner, cand
-    if out:
-        out = pathlib.Path(out)
-        paths = report.write(records, out)
-        with open(out / "generations.jsonl", "w", encoding="utf-8") as f:
-            for row in log:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        if judge_rows:
-            judge_lib.export_requests(judge_rows, out / "judge_requests.jsonl")
-        print(report.markdown(records))
-        print(f"wrote {', '.join(str(p) for p in paths.values())}" +
-              (f" and {out / 'judge_requests.jsonl'}" if judge_rows else ""))
+    show_results(records, log, judge_rows, out)
     return records
+
+
+def show_results(records: list[dict], log: list[dict], judge_rows: list[dict], out: str | None) -> None:
+    """Prints the table always (an evaluation without --out is still a result); writes files to `out`."""
+    print(report.markdown(records))
+    if not out:
+        return
+    out = pathlib.Path(out)
+    paths = report.write(records, out)
+    with open(out / "generations.jsonl", "w", encoding="utf-8") as f:
+        for row in log:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    if judge_rows:
+        judge_lib.export_requests(judge_rows, out / "judge_requests.jsonl")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}" +
+          (f" and {out / 'judge_requests.jsonl'}" if judge_rows else ""))
 
 
 def _reference_rewards(ecfg, lid):
@@ -384,8 +419,9 @@ def import_judge(out: str | pathlib.Path, grades: str) -> list[dict]:
 
 
 def main(argv):
-    from absl import flags
-    del argv
+    from absl import app, flags
+    if len(argv) > 1:  # e.g. a workdir without --checkpoint: never evaluate the base model instead
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore step at INFO
     from lrpo_jax import compile_cache

@@ -26,10 +26,14 @@ def load_questions(cfg, prompts=(), prompts_file=None) -> list[dict]:
         return [{"question": p, "language": None} for p in prompts]
     if prompts_file:
         from lrpo_jax.data import sources
+        from lrpo_jax.data.prompts import language_code
         rows = sources.read_jsonl(prompts_file)
         for i, r in enumerate(rows):
             if not str(r.get("question") or "").strip():
                 raise ValueError(f"{prompts_file}: row {i}: field 'question' is missing or empty")
+            for key in ("language", "target"):  # codes or English names, as in the training data
+                if r.get(key):
+                    r[key] = language_code(r[key], f"{prompts_file}: row {i}: field {key!r}")
         return rows
     from lrpo_jax.data import sources
     rows = sources.gsm_symbolic_rows(tuple(cfg.questions_from), with_regions=False,
@@ -44,22 +48,30 @@ def kv_cache_bytes(dcfg, batch: int, length: int, dtype_bytes: int = 4) -> int:
 
 def sample(cfg, *, prompts=(), prompts_file=None, checkpoint=None, out=None) -> list[dict]:
     from lrpo_jax import evaluate, parallel, policy as policy_lib
-    from lrpo_jax.data.prompts import PromptBuilder
+    from lrpo_jax.data.prompts import PromptBuilder, check_languages, language_code
     from lrpo_jax.rewards.lid import LanguageID
     from lrpo_jax.sampling import buckets
     from lrpo_jax.sampling.processing import SamplingParams
     from lrpo_jax.sampling.sampler import Sampler, SamplerSpec
+    # Bad languages and swapped model folders fail here, before a model is loaded.
+    languages = [language_code(c, "config.languages (configs/sample.py:lang=...)") for c in cfg.languages]
+    questions = load_questions(cfg, prompts, prompts_file)
+    source = cfg.policy.source
+    if not checkpoint and not source.startswith("shipped:"):
+        evaluate.check_hf_folder(source.split(":", 1)[1] if source.startswith("hf:") else source,
+                                 f"--config.policy.source={source}")
     mesh = parallel.make_mesh(tuple(tuple(a) for a in cfg.mesh))
     if checkpoint:
-        cand = evaluate.restore_policy(checkpoint, mesh)
+        cand = evaluate.restore_policy(checkpoint, mesh, hf_usage="--config.policy.source=hf:{}")
     else:
         cand = evaluate._from_policy_config(cfg.policy, "policy", "", mesh, cfg.seed)
     mode = cfg.prompt.mode if not (checkpoint and cand.prompt_mode) else cand.prompt_mode
     builder = PromptBuilder(cand.tokenizer, mode=mode, chat_template=cfg.prompt.chat_template)
     jobs = []
-    for row in load_questions(cfg, prompts, prompts_file):
-        targets = [row["target"]] if row.get("target") else list(cfg.languages)
+    for row in questions:
+        targets = [row["target"]] if row.get("target") else languages
         jobs += [(row, t) for t in targets for _ in range(cfg.samples)]
+    check_languages(sorted({t for _, t in jobs}), mode)
     ids = [builder.tokens(row["question"], t) for row, t in jobs]
     eos = policy_lib.eos_ids(cand.dcfg, cand.tokenizer)
     pad = cand.tokenizer.pad_token_id if cand.tokenizer.pad_token_id is not None else eos[0]
@@ -97,7 +109,9 @@ def sample(cfg, *, prompts=(), prompts_file=None, checkpoint=None, out=None) -> 
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:  # e.g. a question without --prompt: never sample the built-in questions instead
+        from absl import app
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore step at INFO
     from lrpo_jax import compile_cache

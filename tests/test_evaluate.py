@@ -1,8 +1,10 @@
 """Evaluation CLI pieces: task files, judge round trip, tables, and an end-to-end run on a smoke checkpoint."""
 import json
 import pathlib
+import re
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -45,11 +47,20 @@ def test_mc_items_accept_list_dict_and_column_options(tmp_path):
     ({"language": "de", "question": "x", "options": ["a", "b"], "answer": 5}, "row 0: field 'answer' index 5"),
     ({"language": "de", "question": "x", "answer": "A"}, "row 0: no options"),
     ({"language": "klingon", "question": "x", "options": ["a", "b"], "answer": "A"}, "row 0 field 'language'"),
-    ({"question": "x", "options": ["a", "b"], "answer": "A"}, "row 0 field 'language'"),
+    ({"question": "x", "options": ["a", "b"], "answer": "A"}, "row 0: field 'language' is missing$"),
+    ({"language": "de", "question": "x", "options": {"a": "1", "A": "2"}, "answer": "A"}, "differ only in case"),
 ])
 def test_mc_items_errors_name_row_and_field(tmp_path, row, message):
     with pytest.raises(Exception, match=message):
         tasks.mc_items(str(_write_jsonl(tmp_path / "bad.jsonl", [row])))
+
+
+def test_mc_option_letters_are_case_insensitive(tmp_path):
+    rows = [{"language": "de", "question": "2+2?", "options": {"b": "4", "a": "3"}, "answer": "b"},
+            {"language": "de", "question": "2+2?", "options": {"a": "3", "b": "4"}, "answer": "B"},
+            {"language": "de", "question": "2+2?", "options": {"A": "3", "B": "4"}, "answer": "b"}]
+    items = tasks.mc_items(str(_write_jsonl(tmp_path / "mc.jsonl", rows)))
+    assert [(it.options, it.gold) for it in items] == [(("3", "4"), 1)] * 3
 
 
 def test_reference_items_and_errors(tmp_path):
@@ -75,6 +86,66 @@ def test_cut_continuation_stops_at_the_next_invented_question():
         "12 + 8 = 20. Die Antwort ist 20."
     assert evaluate.cut_continuation("答えは20です。\n質問: 次", markers) == "答えは20です。"
     assert evaluate.cut_continuation("no marker here", markers) == "no marker here"
+
+
+def test_reference_scores_empty_responses_zero_as_training_does():
+    """The encoder puts "" close to many answers (0.82 raw, 0.88 calibrated seen): an empty response
+    earns nothing, as in training's reward."""
+    class Runner:
+        cand = types.SimpleNamespace(name="m")
+
+        def generate(self, prompts, key):
+            return [" \n", "Brezen."]
+
+    class Rewards:
+        def score(self, texts, *args):
+            parts = {"calibrated": [0.88, 0.9], "similarity": [0.82, 0.85], "gate": [0.0, 1.0]}
+            return types.SimpleNamespace(predicted_language=[None, "de"],
+                                         components={k: np.array(v) for k, v in parts.items()})
+
+    builder = types.SimpleNamespace(tokens=lambda q, t: [1])
+    items = [tasks.Item(id=str(i), language="de", question="q", answer="Brezen.") for i in range(2)]
+    log = []
+    recs = evaluate.eval_reference(Runner(), builder, Rewards(), items, None, None, log, [])
+    assert [(g["similarity"], g["calibrated"]) for g in log] == [(0.0, 0.0), (0.85, 0.9)]
+    table = {r["metric"]: r["value"] for r in recs}
+    assert table["calibrated_similarity"] == pytest.approx(0.45) and table["raw_similarity"] == pytest.approx(0.425)
+
+
+def test_results_are_printed_without_out(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recs = [{"model": "m", "task": "math", "metric": "accuracy", "language": "de", "value": 0.5, "n": 2}]
+    evaluate.show_results(recs, [{"id": "1"}], [], None)
+    assert "| de | 0.500 | 2 |" in capsys.readouterr().out and not list(tmp_path.iterdir())
+    evaluate.show_results(recs, [{"id": "1"}], [], str(tmp_path / "eval"))
+    assert "| de | 0.500 | 2 |" in capsys.readouterr().out and (tmp_path / "eval" / "results.md").exists()
+
+
+def test_main_rejects_stray_arguments():
+    """`evaluate --config ... W` (no --checkpoint) must not quietly evaluate the base model."""
+    from absl import app
+    with pytest.raises(app.UsageError, match=r"unexpected arguments: \['runs/demo'\]"):
+        evaluate.main(["evaluate", "runs/demo"])
+
+
+def _fake_model_folders(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    wd = tmp_path / "run"
+    (wd / "checkpoints").mkdir(parents=True)
+    (wd / "config.json").write_text(json.dumps({"policy": {"source": "shipped:gemma3_270m"}}))
+    return hf, wd
+
+
+def test_swapped_model_flags_name_the_right_flag(tmp_path):
+    hf, wd = _fake_model_folders(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"--checkpoint {hf} is a Hugging Face model folder") +
+                       ".*" + re.escape(f"pass it as --hf_dir {hf}")):
+        evaluate.restore_policy(str(hf))
+    with pytest.raises(ValueError, match=re.escape(f"--hf_dir {wd} is a training workdir") +
+                       ".*" + re.escape(f"pass it as --checkpoint {wd}")):
+        evaluate.load_hf(str(wd), _eval_cfg(), mesh=None)
 
 
 # ---------------------------------------------------------------------------------------------- judge

@@ -1,8 +1,10 @@
 """The sampling CLI on a smoke checkpoint: every (question, language, sample) gets a labelled response."""
 import json
 import pathlib
+import re
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -42,3 +44,49 @@ def test_kv_cache_formula():
     class C:
         num_layers, num_kv_heads, head_dim = 18, 1, 256  # Gemma-3-270M
     assert sample.kv_cache_bytes(C, batch=8, length=160) == 2 * 18 * 8 * 160 * 1 * 256 * 4
+
+
+def _cfg(arg=None):
+    return config_lib.load_sibling(str(REPO / "configs" / "common.py"), "sample").get_config(arg)
+
+
+def test_languages_read_like_the_training_data(tmp_path):
+    """English names as in the training data; unknown ones name the row/field or config key and the
+    known languages, not a bare KeyError from the prompt texts."""
+    from lrpo_jax.data.prompts import PromptBuilder
+    qs = tmp_path / "q.jsonl"
+    qs.write_text(json.dumps({"question": "a", "target": "German"}) + "\n" +
+                  json.dumps({"question": "b", "language": "JA"}) + "\n")
+    rows = sample.load_questions(_cfg(), prompts_file=str(qs))
+    assert [(r.get("language"), r.get("target")) for r in rows] == [(None, "de"), ("ja", None)]
+    qs.write_text(json.dumps({"question": "a"}) + "\n" + json.dumps({"question": "b", "target": "klingon"}) + "\n")
+    with pytest.raises(ValueError, match=r"'klingon' \(.*row 1: field 'target'\).*prompt texts: \[.*'de'"):
+        sample.load_questions(_cfg(), prompts_file=str(qs))
+    with pytest.raises(ValueError, match=r"'xx' \(config.languages.*prompt texts: \[.*'de'"):
+        sample.sample(_cfg("lang=de+xx"), prompts=("q",))
+    builder = PromptBuilder(types.SimpleNamespace(chat_template=None), mode="fewshot")
+    with pytest.raises(ValueError, match=r"answer language 'sv'; known languages: \[.*'de'"):
+        builder.text("q", "sv")
+
+
+def test_main_rejects_stray_arguments():
+    """A question without --prompt must not quietly sample the built-in questions instead."""
+    from absl import app
+    with pytest.raises(app.UsageError, match="unexpected arguments: \\['some question'\\]"):
+        sample.main(["sample", "some question"])
+
+
+def test_swapped_model_folders_name_the_right_flag(tmp_path):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    wd = tmp_path / "run"
+    (wd / "checkpoints").mkdir(parents=True)
+    (wd / "config.json").write_text(json.dumps({"policy": {"source": "shipped:gemma3_270m"}}))
+    with pytest.raises(ValueError, match=re.escape(f"pass it as --config.policy.source=hf:{hf}")):
+        sample.sample(_cfg(), prompts=("q",), checkpoint=str(hf))
+    cfg = _cfg()
+    cfg.policy.source = f"hf:{wd}"
+    with pytest.raises(ValueError, match=re.escape(f"--config.policy.source=hf:{wd} is a training workdir") +
+                       ".*" + re.escape(f"pass it as --checkpoint {wd}")):
+        sample.sample(cfg, prompts=("q",))

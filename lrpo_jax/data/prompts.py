@@ -94,8 +94,27 @@ def check_languages(codes, mode: str) -> None:
     if mode != "tag":
         missing = [c for c in codes if c not in LANGUAGE_TEXT]
         if missing:
-            raise ValueError(f"prompt.mode={mode!r} has no instruction/exemplar for languages {missing}; "
-                             f"add them to lrpo_jax/data/prompts.py LANGUAGE_TEXT or use mode 'tag'")
+            raise ValueError(f"prompt.mode={mode!r} has no instruction/exemplar for languages {missing} "
+                             f"(known: {sorted(LANGUAGE_TEXT)}); add them to lrpo_jax/data/prompts.py "
+                             f"LANGUAGE_TEXT or use mode 'tag'")
+
+
+def language_code(value, where: str) -> str:
+    """A language as the training data reads it (ISO 639-1/639-3 code or English name, any case:
+    'German' -> 'de'); anything else is a ValueError naming `where` and the languages with texts."""
+    from lrpo_jax import vocab
+    try:
+        return vocab.normalize_language(value, where)
+    except vocab.UnknownKeyError as e:
+        raise ValueError(f"{e}; languages with prompt texts: {sorted(LANGUAGE_TEXT)}") from None
+
+
+def _texts(target: str) -> tuple[str, ...]:
+    if target not in LANGUAGE_TEXT:  # not a bare KeyError from deep inside prompt building
+        raise ValueError(f"no prompt instruction/exemplar for answer language {target!r}; known languages: "
+                         f"{sorted(LANGUAGE_TEXT)} (add it to lrpo_jax/data/prompts.py LANGUAGE_TEXT or use "
+                         f"prompt.mode 'tag')")
+    return LANGUAGE_TEXT[target]
 
 
 @dataclasses.dataclass
@@ -119,7 +138,7 @@ class PromptBuilder:
         question = question.strip()
         if self.mode == "tag":
             return [{"role": "user", "content": f"{question}\n<|out_lang_{target}|>"}]
-        instruction, _, _, ex_q, ex_a = LANGUAGE_TEXT[target]
+        instruction, _, _, ex_q, ex_a = _texts(target)
         msgs = [{"role": "system", "content": instruction}]
         if self.mode == "fewshot":
             msgs += [{"role": "user", "content": ex_q}, {"role": "assistant", "content": ex_a}]
@@ -132,7 +151,7 @@ class PromptBuilder:
         question = question.strip()
         if self.mode == "tag":
             return f"{question}\n<|out_lang_{target}|>\n"
-        instruction, q_label, a_label, ex_q, ex_a = LANGUAGE_TEXT[target]
+        instruction, q_label, a_label, ex_q, ex_a = _texts(target)
         if self.mode == "system":
             return f"{instruction}\n\n{question}\n"
         return (f"{instruction}\n\n{q_label}: {ex_q}\n{a_label}: {ex_a}\n\n"

@@ -87,7 +87,11 @@ def _keep(lang: str, languages: Sequence[str], max_items: int, seen: dict) -> bo
 
 def _lang(value, where: str) -> str:
     """Codes or English names; anything unknown is an error naming the row (never 'en')."""
-    return vocab_lib.normalize_language(value if isinstance(value, str) else "", f"{where} field 'language'")
+    if value is None:  # absent, not "empty language ''"
+        raise ValueError(f"{where}: field 'language' is missing")
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field 'language'={value!r} is not a string (an ISO code or English name)")
+    return vocab_lib.normalize_language(value, f"{where} field 'language'")
 
 
 def mc_items(path: str, languages: Sequence[str] = (), max_items: int = 0) -> list[Item]:
@@ -98,8 +102,12 @@ def mc_items(path: str, languages: Sequence[str] = (), max_items: int = 0) -> li
             raise ValueError(f"{where}: field 'question' is missing or empty")
         opts = r.get("options")
         if isinstance(opts, dict):
-            letters = sorted(opts)
-            options = tuple(str(opts[k]) for k in letters)
+            # Letters are case-insensitive, keys and answer alike: {"a": .., "b": ..} with answer "b" is fine.
+            keys = sorted(opts, key=lambda k: str(k).strip().upper())
+            letters = [str(k).strip().upper() for k in keys]
+            if len(set(letters)) < len(letters):
+                raise ValueError(f"{where}: field 'options' has letters that differ only in case: {sorted(opts)}")
+            options = tuple(str(opts[k]) for k in keys)
         elif isinstance(opts, list):
             letters = [chr(65 + j) for j in range(len(opts))]
             options = tuple(str(o) for o in opts)
