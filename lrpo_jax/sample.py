@@ -27,13 +27,13 @@ def load_questions(cfg, prompts=(), prompts_file=None) -> list[dict]:
     if prompts_file:
         from lrpo_jax.data import sources
         from lrpo_jax.data.prompts import language_code
-        rows = sources.read_jsonl(prompts_file)
-        for i, r in enumerate(rows):
+        rows, lines = sources.read_jsonl_lines(prompts_file)
+        for n, r in zip(lines, rows):  # errors name the 1-based line, as the training data's do
             if not str(r.get("question") or "").strip():
-                raise ValueError(f"{prompts_file}: row {i}: field 'question' is missing or empty")
+                raise ValueError(f"{prompts_file}: line {n}: field 'question' is missing or empty")
             for key in ("language", "target"):  # codes or English names, as in the training data
                 if r.get(key):
-                    r[key] = language_code(r[key], f"{prompts_file}: row {i}: field {key!r}")
+                    r[key] = language_code(r[key], f"{prompts_file}: line {n}: field {key!r}")
         return rows
     from lrpo_jax.data import sources
     rows = sources.gsm_symbolic_rows(tuple(cfg.questions_from), with_regions=False,

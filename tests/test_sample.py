@@ -36,7 +36,7 @@ def test_prompts_file_errors_name_the_row(tmp_path):
     bad = tmp_path / "q.jsonl"
     bad.write_text(json.dumps({"question": "ok"}) + "\n" + json.dumps({"language": "de"}) + "\n")
     cfg = config_lib.load_sibling(str(REPO / "configs" / "common.py"), "sample").get_config()
-    with pytest.raises(ValueError, match="row 1: field 'question'"):
+    with pytest.raises(ValueError, match="line 2: field 'question'"):
         sample.load_questions(cfg, prompts_file=str(bad))
 
 
@@ -60,7 +60,7 @@ def test_languages_read_like_the_training_data(tmp_path):
     rows = sample.load_questions(_cfg(), prompts_file=str(qs))
     assert [(r.get("language"), r.get("target")) for r in rows] == [(None, "de"), ("ja", None)]
     qs.write_text(json.dumps({"question": "a"}) + "\n" + json.dumps({"question": "b", "target": "klingon"}) + "\n")
-    with pytest.raises(ValueError, match=r"'klingon' \(.*row 1: field 'target'\).*prompt texts: \[.*'de'"):
+    with pytest.raises(ValueError, match=r"'klingon' \(.*line 2: field 'target'\).*prompt texts: \[.*'de'"):
         sample.load_questions(_cfg(), prompts_file=str(qs))
     with pytest.raises(ValueError, match=r"'xx' \(config.languages.*prompt texts: \[.*'de'"):
         sample.sample(_cfg("lang=de+xx"), prompts=("q",))
