@@ -8,6 +8,7 @@ together with the data iterator position, so a killed run resumes bit-for-bit.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import logging
@@ -407,6 +408,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     rewards.refs._cache.clear()  # per-step: rewards must not depend on cache history (exact resume)
                 res = rewards.score(texts, targets, [e.id for e in rows], [e.answer for e in rows],
                                     [e.language for e in rows], [e.numeric_answer for e in rows])
+                res = same_on_every_process(res)
                 rewards.adapt(res, [e.language for e in rows], targets, cfg.reward.online_rate)
 
             # --- update (device: GRPO + KL, router observe/EMA inside the same jitted step)
@@ -488,6 +490,21 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 # ==================================================================================================
 # Helpers.
 # ==================================================================================================
+def same_on_every_process(res):
+    """Each process scores every rollout on its own devices; the rewards then go onto the mesh as one
+    replicated array, which must hold the same values everywhere. Process 0's numbers are broadcast so
+    that holds even on mixed hardware, where encoder floats may differ in the last bits (and with them
+    the online calibration, which adapts from the similarities). A no-op on one process."""
+    if jax.process_count() == 1:
+        return res
+    from jax.experimental import multihost_utils
+    arrays = {"reward": res.reward, "similarity_ok": res.similarity_ok.astype(np.int32), **res.components}
+    arrays = multihost_utils.broadcast_one_to_all(arrays)
+    return dataclasses.replace(res, reward=np.asarray(arrays.pop("reward")),
+                               similarity_ok=np.asarray(arrays.pop("similarity_ok")).astype(bool),
+                               components={k: np.asarray(v) for k, v in arrays.items()})
+
+
 def rollout_valid(res, P: int, K: int) -> np.ndarray:
     """f32 [P, K]: 0 for a rollout whose similarity was not finite (an encoder failure, counted as
     `reasons/nan_similarity`): its reward is unknown, not 0, so it leaves its GRPO group's statistics

@@ -28,7 +28,8 @@ def test_sharded_loss_and_grad_two_processes_match_one(tmp_path):
     assert int(multi["processes"]) == 2 and int(single["processes"]) == 1
     assert int(multi["devices"]) == int(single["devices"]) == 4
     assert bool(multi["stop_seen"]) and not bool(multi["stop_none"])  # process 1's flag reached process 0
-    meta = ("loss", "loss_local", "processes", "devices", "stop_seen", "stop_none")
+    assert not bool(multi["rewards_differ"])  # process 1 holds process 0's rewards after the broadcast
+    meta = ("loss", "loss_local", "processes", "devices", "stop_seen", "stop_none", "rewards_differ")
     grads = [k for k in single.files if k not in meta]
     assert grads and set(grads) == set(multi.files) - set(meta)
     np.testing.assert_allclose(multi["loss"], single["loss"], rtol=1e-6)

@@ -78,6 +78,18 @@ def main(argv=None):
     # A signal that reached the last process only must stop every process (process 0 writes).
     flags = dict(stop_seen=parallel.any_process(jax.process_index() == jax.process_count() - 1),
                  stop_none=parallel.any_process(False))
+    # Rewards scored on each process (here deliberately different) must reach the mesh as process 0's.
+    import collections
+
+    from lrpo_jax import trainer
+    from lrpo_jax.rewards.combine import RewardResult
+    me = float(jax.process_index())
+    res = trainer.same_on_every_process(RewardResult(
+        reward=np.full(4, me, np.float32), components={"similarity": np.full(4, me, np.float32)},
+        predicted_language=np.array(["de"] * 4, object), reasons=collections.Counter(),
+        similarity_ok=np.array([True, True, me == 0, True])))
+    flags["rewards_differ"] = parallel.any_process(bool(res.reward.any() or res.components["similarity"].any()
+                                                        or not res.similarity_ok.all()))
     if jax.process_index() == 0:
         np.savez(args.out, loss=np.asarray(loss), loss_local=np.asarray(loss_local), processes=jax.process_count(),
                  devices=jax.device_count(), **flags, **flat)
