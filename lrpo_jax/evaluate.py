@@ -213,7 +213,9 @@ def _records(model, task, metric_values: dict, n_by_lang: dict) -> list[dict]:
 def _targets(item, answer_language: str) -> list[str]:
     if answer_language in ("", "question"):
         return [item.language]
-    return [c.strip() for c in re.split(r"[,+]", answer_language) if c.strip()]  # "en,de" or "en+de"
+    from lrpo_jax.data.prompts import language_code  # codes or English names, as in the training data
+    return [language_code(c.strip(), "config.math.answer_language")
+            for c in re.split(r"[,+]", answer_language) if c.strip()]  # "en,de" or "en+de"
 
 
 def eval_math(runner: Runner, builder, lid, items, ecfg, key, log) -> list[dict]:
@@ -322,6 +324,8 @@ def validate(ecfg) -> None:
         raise ValueError("config.tasks includes 'mc' but config.mc.path is empty")
     if ecfg.batch_size <= 0:
         raise ValueError(f"config.batch_size={ecfg.batch_size} must be positive")
+    if ecfg.math.answer_language not in ("", "question"):  # a bad forced language fails before any model loads
+        _targets(None, ecfg.math.answer_language)
 
 
 def get_schema() -> ml_collections.ConfigDict:

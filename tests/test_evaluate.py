@@ -286,3 +286,15 @@ def test_evaluate_config_errors_name_the_key():
     cfg.decode.temperatur = 0.5
     with pytest.raises(KeyError, match="config.decode.temperatur"):
         evaluate.validate(cfg)
+
+
+def test_forced_answer_languages_read_like_the_training_data():
+    """config.math.answer_language takes codes or English names ('German' -> de); a bad one fails at
+    validation, naming the key, before any model loads."""
+    item = types.SimpleNamespace(language="ja")
+    assert evaluate._targets(item, "question") == ["ja"]
+    assert evaluate._targets(item, "English+German") == ["en", "de"]
+    cfg = _eval_cfg()
+    cfg.math.answer_language = "en,klingon"
+    with pytest.raises(ValueError, match=r"'klingon' \(config.math.answer_language\)"):
+        evaluate.validate(cfg)
