@@ -69,7 +69,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.router.min_count = 1.0                 # cells with fewer rollouts are not learned from (1 = reference)
     c.router.topic_prior = ""                # mix strings "code:w,..." per topic, JSON dict; "" = uniform
     c.router.region_prior = ""
-    c.router.fixed_mix = ""                  # LRPO-Fixed / baselines: constant language mix, no learning
+    c.router.fixed_mix = ""                  # LRPO-Fixed / baselines: constant mix, no learning ("own:0.25,others:0.75", "own:0.75,en:0.25")
     c.router.log_every = 1
     c.router.log_max_keys = 100
 

@@ -2,7 +2,7 @@
 
     python -m lrpo_jax.train --config configs/lrpo_gemma3_4b.py:model_dir=/path/to/hf_folder,data=/path/train.parquet --workdir runs/lrpo_gemma3_4b
     python -m lrpo_jax.train --config configs/lrpo_gemma3_4b.py:variant=grpo,model_dir=...,data=... --workdir runs/lrpo_gemma3_4b_grpo
-    bash launch/slurm_gpu.sbatch configs/lrpo_gemma3_4b.py:model_dir=...,data=... /shared/runs/lrpo_gemma3_4b     # 8 GPUs
+    sbatch launch/slurm_gpu.sbatch configs/lrpo_gemma3_4b.py:model_dir=...,data=... /shared/runs/lrpo_gemma3_4b     # 8 GPUs
 
 Shared settings (batch, optimiser, precision, data), variants and ',runlocal': configs/lrpo_paper.py.
 """

@@ -13,6 +13,11 @@ for ((i = 0; i < NPROC; i++)); do
     "$@" &
   pids+=($!)
 done
+# One process failing leaves the others blocked in a collective: stop them all at once.
 rc=0
-for pid in "${pids[@]}"; do wait "$pid" || rc=$?; done
+for ((n = 0; n < NPROC; n++)); do
+  wait -n || { rc=$?; echo "local_multiprocess: a process exited with $rc; stopping the others" >&2
+               kill "${pids[@]}" 2>/dev/null || true; break; }
+done
+wait || true
 exit $rc

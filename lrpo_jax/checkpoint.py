@@ -138,3 +138,13 @@ class StopRequest:
     @property
     def requested(self) -> bool:
         return self._event.is_set()
+
+
+def local_workdir(path: str | os.PathLike, flag: str = "--workdir"):
+    """A workdir as a local path. URLs are refused: pathlib would turn "gs://b/x" into a local folder
+    "gs:/b/x" and the run would write there without a word."""
+    import pathlib
+    if "://" in str(path):
+        raise ValueError(f"{flag} {path}: URLs (gs://, s3://) are not supported; logs and checkpoints are written "
+                         f"through the local file system. Mount the bucket (e.g. gcsfuse) and pass the mount path")
+    return pathlib.Path(path)

@@ -108,9 +108,8 @@ def load_hf(folder: str, ecfg, mesh) -> Candidate:
     pol = ml_collections.ConfigDict(dict(source=f"hf:{folder}", dtype=ecfg.policy.dtype,
                                          param_dtype=ecfg.policy.param_dtype, remat=False, random_init=False,
                                          overrides={}))
-    taught = pathlib.Path(folder) / "lrpo_prompt.json"  # written by warmstart.export
-    mode = json.loads(taught.read_text())["mode"] if taught.exists() else ""
-    return _from_policy_config(pol, pathlib.Path(folder).name, mode, mesh)
+    from lrpo_jax import policy as policy_lib
+    return _from_policy_config(pol, pathlib.Path(folder).name, policy_lib.taught_prompt_mode(folder), mesh)
 
 
 def _from_policy_config(pol, name, mode, mesh, seed: int = 0) -> Candidate:

@@ -45,6 +45,20 @@ def load_policy(cfg, seed: int = 0, *, abstract: bool = False):
     return dcfg, graphdef, params, tokenizer
 
 
+PROMPT_FILE = "lrpo_prompt.json"  # written beside a warm-start export: the prompt mode it was taught
+
+
+def taught_prompt_mode(source: str) -> str:
+    """The prompt mode a warm-start export (`hf:<folder>`) was taught, from its PROMPT_FILE; '' if none."""
+    import json
+    import pathlib
+    if source.startswith("shipped:"):
+        return ""
+    folder = pathlib.Path(source.split(":", 1)[1] if source.startswith("hf:") else source).expanduser()
+    f = folder / PROMPT_FILE
+    return json.loads(f.read_text())["mode"] if f.is_file() else ""
+
+
 def eos_ids(dcfg, tokenizer) -> tuple[int, ...]:
     ids = set(dcfg.eos_token_ids)
     if tokenizer.eos_token_id is not None:

@@ -253,8 +253,10 @@ def assign(state: RouterState, topic_ids, region_mh, orig_lang, fixed_lang_mask,
     not on the rest of the batch. Each routed rollout uses three uniforms: one for the eps coin,
     one for the uniform arm, one inverted through the CDF of p (one uniform per draw instead of L
     Gumbels: threefry bits dominate the cost on CPU).
-    `fixed_probs` [L + 1] (optional) replaces the learned router by a constant mix (LRPO-Fixed and
-    the fixed-mix baselines); entry L is the mass of "the question's own language"; eps is unused.
+    `fixed_probs` [L + 1] or [L + 2] (optional) replaces the learned router by a constant mix
+    (LRPO-Fixed and the fixed-mix baselines): entry L is the mass of "the question's own language",
+    entry L + 1 (if present) a mass spread evenly over the other L - 1 languages of each prompt
+    ("25% input + rest uniform" gives the input exactly 25%); eps is unused.
     """
     if not 0 <= K_on <= K:
         raise ValueError(f"router K_on={K_on} must be within [0, K={K}]")
@@ -265,9 +267,14 @@ def assign(state: RouterState, topic_ids, region_mh, orig_lang, fixed_lang_mask,
         eps = jnp.asarray(eps, jnp.float32)
     else:
         probs = jnp.asarray(fixed_probs, jnp.float32)
-        if probs.shape != (num_l + 1,):
-            raise ValueError(f"fixed_probs must have shape ({num_l + 1},) (languages + own), got {probs.shape}")
-        p = jnp.broadcast_to(probs / probs.sum(), (num_p, num_l + 1))
+        if probs.shape not in ((num_l + 1,), (num_l + 2,)):
+            raise ValueError(f"fixed_probs must have shape ({num_l + 1},) (languages + own) or ({num_l + 2},) "
+                             f"(+ others), got {probs.shape}")
+        probs = probs / probs.sum()
+        p = jnp.broadcast_to(probs[:num_l + 1], (num_p, num_l + 1))
+        if probs.shape[0] == num_l + 2:  # "others": uniform over each prompt's non-own languages
+            not_own = 1.0 - jax.nn.one_hot(jnp.asarray(orig_lang, jnp.int32), num_l)
+            p = p.at[:, :num_l].add(probs[num_l + 1] * not_own / max(num_l - 1, 1))
         eps = jnp.float32(0.0)
     cdf = jnp.cumsum(p, axis=-1)
     keep = (jnp.arange(K) < K_on)[None, :] | jnp.asarray(fixed_lang_mask, bool)[:, None]

@@ -64,8 +64,12 @@ def sample(cfg, *, prompts=(), prompts_file=None, checkpoint=None, out=None) -> 
     if checkpoint:
         cand = evaluate.restore_policy(checkpoint, mesh, hf_usage="--config.policy.source=hf:{}")
     else:
-        cand = evaluate._from_policy_config(cfg.policy, "policy", "", mesh, cfg.seed)
-    mode = cfg.prompt.mode if not (checkpoint and cand.prompt_mode) else cand.prompt_mode
+        # A warm-start export remembers the prompt mode it was taught, as `evaluate` reads it too.
+        cand = evaluate._from_policy_config(cfg.policy, "policy", policy_lib.taught_prompt_mode(cfg.policy.source),
+                                            mesh, cfg.seed)
+    mode = cand.prompt_mode or cfg.prompt.mode
+    if mode != cfg.prompt.mode:
+        print(f"prompt mode {mode!r}: the one this policy was trained with (config.prompt.mode={cfg.prompt.mode!r})")
     builder = PromptBuilder(cand.tokenizer, mode=mode, chat_template=cfg.prompt.chat_template)
     jobs = []
     for row in questions:

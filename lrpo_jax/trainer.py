@@ -206,7 +206,7 @@ def _flat(tree, prefix=""):
     return {prefix[:-1]: tree}
 
 
-def check_resume_config(workdir: pathlib.Path, cfg) -> dict:
+def check_resume_config(workdir: pathlib.Path, cfg, fixed_keys=RESUME_FIXED) -> dict:
     """Compares the config a workdir's checkpoints were written with (its config.json) against this
     run's. Raises, naming the keys, if a RESUME_FIXED setting changed; returns the other changes
     ({key: (old, new)}, e.g. total_steps) so the caller can report them. {} for a fresh workdir."""
@@ -215,7 +215,7 @@ def check_resume_config(workdir: pathlib.Path, cfg) -> dict:
         return {}
     old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(cfg.to_json_best_effort()))
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-    fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in RESUME_FIXED)]
+    fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in fixed_keys)]
     if fixed:
         raise ValueError(f"{workdir} holds checkpoints of another set-up: "
                          + "; ".join(f"config.{k} was {changed[k][0]!r}, now {changed[k][1]!r}" for k in fixed)
@@ -230,10 +230,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---------------------------------------------------------------------------------- set-up
     parallel.maybe_initialize_distributed()
     compile_cache.enable(cfg.compile_cache)
-    workdir = pathlib.Path(workdir)
+    workdir = checkpoint.local_workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
     validate(cfg, jax.device_count())
+    taught = policy_lib.taught_prompt_mode(cfg.policy.source)
+    if taught and taught != cfg.prompt.mode:  # a tag-taught policy prompted few-shot learns from noise
+        raise ValueError(f"config.policy.source={cfg.policy.source} is a warm-start export taught with prompt mode "
+                         f"{taught!r} (its {policy_lib.PROMPT_FILE}), but config.prompt.mode={cfg.prompt.mode!r}: pass "
+                         f"--config.prompt.mode={taught} (or delete that file to train with another mode)")
     mesh = parallel.make_mesh(tuple(tuple(a) for a in cfg.mesh))
     parallel.log_mesh(mesh)
     compiles = metrics_lib.CompileCounter()
@@ -513,11 +518,13 @@ def rollout_valid(res, P: int, K: int) -> np.ndarray:
 
 
 def fixed_mix_probs(mix: str, languages) -> np.ndarray:
-    """"own:0.75,en:0.25" -> probabilities over [languages..., own] for fixed-mix baselines."""
-    probs = np.zeros(len(languages) + 1, np.float32)
+    """"own:0.75,en:0.25" -> probabilities over [languages..., own, others] for fixed-mix baselines:
+    "own" is the question's language, "others" a mass spread evenly over every other language."""
+    probs = np.zeros(len(languages) + 2, np.float32)
     for part in filter(None, (p.strip() for p in mix.split(","))):
         code, _, w = part.partition(":")
-        idx = len(languages) if code.strip() == "own" else languages.index(code.strip(), "config.router.fixed_mix")
+        special = {"own": len(languages), "others": len(languages) + 1}
+        idx = special[code.strip()] if code.strip() in special else languages.index(code.strip(), "config.router.fixed_mix")
         try:
             probs[idx] = float(w)
         except ValueError:

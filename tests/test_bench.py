@@ -68,4 +68,5 @@ def test_encoder_flop_count_matches_xla_cost_analysis(hf):
 
 def test_every_benchmark_is_listed_and_unknown_names_fail(capsys):
     assert {"calibration", "encoder", "forward", "reward", "router", "sampler", "step"} <= set(bench_main.available())
+    assert "tunix_peer" not in bench_main.available()  # a helper run inside Tunix's venv, not a benchmark
     assert bench_main.main(["nope"]) == 2

@@ -97,6 +97,18 @@ def test_fixed_mix_baseline():
     for row, own in ((0, DE), (1, JA)):
         freq = np.bincount(np.asarray(langs[row]), minlength=4) / n
         np.testing.assert_allclose(freq[[own, EN]], [0.75, 0.25], atol=0.025)
+    # "others": 40% own language, 60% spread over each prompt's 3 other languages
+    others = np.array([0, 0, 0, 0, 0.4, 0.6], np.float32)
+    langs = _assign(state, jnp.zeros(2, jnp.int32), jnp.zeros((2, 3)), jnp.array([DE, JA]),
+                    jnp.array([False, False]), jax.random.key(1), K=n, K_on=0, tau=1.0, eps=0.0,
+                    regional_topic_mask=MASK, fixed_probs=others)
+    for row, own in ((0, DE), (1, JA)):
+        freq = np.bincount(np.asarray(langs[row]), minlength=4) / n
+        want = np.full(4, 0.2)
+        want[own] = 0.4  # not 0.4 + 0.6 / 4: the own language is not among "others"
+        np.testing.assert_allclose(freq, want, atol=0.025)
+    from lrpo_jax import trainer
+    np.testing.assert_allclose(trainer.fixed_mix_probs("own:0.25,others:0.75", LANGS), [0, 0, 0, 0, 0.25, 0.75])
     with pytest.raises(ValueError, match=r"fixed_probs must have shape \(5,\)"):
         router.assign(state, jnp.zeros(2, jnp.int32), jnp.zeros((2, 3)), jnp.array([DE, JA]), jnp.zeros(2, bool),
                       jax.random.key(0), K=2, K_on=0, tau=1.0, eps=0.0, regional_topic_mask=MASK,

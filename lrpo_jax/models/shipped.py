@@ -196,6 +196,9 @@ def resolve(source: str, require_config: bool = True) -> pathlib.Path:
             raise ValueError(f"unknown shipped asset {name!r}; available: {ASSETS}")
         return globals()[f"{name}_dir"]()
     path = pathlib.Path(source.split(":", 1)[1] if source.startswith("hf:") else source).expanduser()
+    if not path.is_dir():  # also when no config.json is needed: transformers would read the path as a hub id
+        raise FileNotFoundError(f"{source!r}: {path} is not a folder (expected a local Hugging Face folder; "
+                                f"nothing is downloaded from a hub)")
     if require_config and not (path / "config.json").exists():
         raise FileNotFoundError(f"{source!r}: no config.json in {path} (expected a local Hugging Face folder; "
                                 f"nothing is downloaded from a hub)")
