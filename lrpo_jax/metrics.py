@@ -104,7 +104,15 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int, key: str = "step") ->
         return 0
     with open(path, encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
-    keep = [line for line in lines if json.loads(line).get(key, 0) <= max_step]
+
+    def step_of(i, line):
+        try:
+            return json.loads(line).get(key, 0)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # a crash mid-write left half a last row: it belongs to a lost step
+                return max_step + 1
+            raise
+    keep = [line for i, line in enumerate(lines) if step_of(i, line) <= max_step]
     if len(keep) < len(lines):
         tmp = f"{path}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -3,6 +3,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from lrpo_jax import metrics
@@ -57,6 +58,12 @@ def test_truncate_jsonl_drops_rows_after_the_restored_step(tmp_path):
     assert metrics.truncate_jsonl(path, 2) == 2
     assert [json.loads(x)["x"] for x in path.read_text().splitlines()] == [10, 20, 20]
     assert metrics.truncate_jsonl(tmp_path / "missing.jsonl", 2) == 0
+    # a crash mid-write leaves half a last row: dropped with the lost step, not a resume-blocking error
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "rew')
+    assert metrics.truncate_jsonl(path, 2) == 1 and path.read_text() == '{"step": 1}\n{"step": 2}\n'
+    path.write_text('{"step": 1, "rew\n{"step": 2}\n')
+    with pytest.raises(ValueError):  # a broken row inside the file is not a crash remnant
+        metrics.truncate_jsonl(path, 2)
 
 
 def test_compile_cache_setting(tmp_path, monkeypatch):

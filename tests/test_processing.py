@@ -105,3 +105,34 @@ def test_logps_under_temperature_and_filters():
     tok, lp, lp_raw = sample_tokens(jax.random.key(8), logits, sp1)
     np.testing.assert_allclose(lp, lp_raw, rtol=1e-6)
     np.testing.assert_allclose(lp_raw, jax.nn.log_softmax(logits)[rows, tok], rtol=1e-5, atol=1e-5)
+
+
+def test_the_draw_never_lands_on_a_zero_weight_token_at_a_block_edge():
+    """u right at a block boundary: the in-block remainder comes from the cumulative sum that chose
+    the block, so it is never negative (it used to be, landing on the block's first token, here a
+    filtered one: token 512)."""
+    from unittest import mock
+
+    from lrpo_jax.sampling import processing
+    w = np.zeros(1024, np.float32)
+    w[0], w[513] = 1.74004, 1.1287763
+    total = np.float32(w[0]) + np.float32(w[513])
+    edge = np.float32(w[0]) / total
+    fracs = np.array([np.nextafter(edge, np.float32(0))] * 1 + [edge] * 1 + [np.nextafter(edge, np.float32(1))],
+                     np.float32)
+    fracs = np.concatenate([fracs, np.linspace(edge - 1e-6, edge + 1e-6, 61, dtype=np.float32)])
+    weights = jnp.asarray(np.broadcast_to(w, (fracs.size, 1024)))
+    with mock.patch.object(processing.jax.random, "uniform", lambda key, shape, dtype: jnp.asarray(fracs)[:, None]):
+        drawn = np.asarray(processing._draw(jax.random.key(0), weights))
+    assert set(drawn.tolist()) <= {0, 513}
+
+
+def test_a_row_with_top_p_1_is_not_filtered_when_another_row_filters():
+    """top_p = 1 means off, as in HF: row 1's tail survives although row 0's top-k makes the batch sort."""
+    logits = np.random.default_rng(0).normal(0, 3, (2, 262144)).astype(np.float32)
+    logits[:, 7] = 40.0  # a confident step: the fp32 cumsum reaches 1.0 long before the tail
+    logits = jnp.asarray(logits)
+    params = SamplingParams(jnp.ones(2), jnp.array([50, 0], jnp.int32), jnp.ones(2))
+    scores = np.asarray(process_logits(logits, params))
+    assert (scores[0] > -1e30).sum() == 50
+    np.testing.assert_array_equal(scores[1], np.asarray(logits[1]))

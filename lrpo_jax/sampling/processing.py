@@ -50,7 +50,9 @@ def _filter_sorted(scores: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax
     # largest token always survives. In descending order that is an exclusive cumsum < p.
     probs = jax.nn.softmax(desc, axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = (mass_before < top_p[:, None]) | (jnp.arange(vocab)[None, :] == 0)
+    # top_p >= 1 is "off" (HF skips the warper): fp32 cumsums reach 1 before the tail, which would
+    # otherwise drop tail tokens of this row whenever another row of the batch filters.
+    keep = (mass_before < top_p[:, None]) | (jnp.arange(vocab)[None, :] == 0) | (top_p[:, None] >= 1)
     # The smallest kept score is the cut-off (ties with it are kept).
     cutoff = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(scores < cutoff, NEG_INF, scores)
@@ -74,7 +76,8 @@ def _draw(key: jax.Array, weights: jax.Array) -> jax.Array:
     the remainder picks the token inside it. One uniform per row instead of `jax.random.categorical`'s
     V Gumbel draws: at Gemma's 262k vocabulary that is the difference between ~8 ms and ~0.5 ms per row
     and decode step on CPU, more than the rest of a small model's step. Zero-weight tokens (filtered
-    by top-k/top-p) are never drawn: the first cumulative sum above u never ends on one.
+    by top-k/top-p) are never drawn: the remainder is >= 0 and the first cumulative sum above it
+    never ends on one.
     """
     batch, vocab = weights.shape
     block = min(BLOCK, vocab)
@@ -85,7 +88,11 @@ def _draw(key: jax.Array, weights: jax.Array) -> jax.Array:
     u = jax.random.uniform(key, (batch, 1), jnp.float32) * cum[:, -1:]
     last_block = nb - 1 - jnp.argmax((block_sum > 0)[:, ::-1], -1)           # rounding guard
     b = jnp.minimum(jnp.sum(cum <= u, -1), last_block)                        # [B]
-    rest = u[:, 0] - (jnp.take_along_axis(cum, b[:, None], -1) - jnp.take_along_axis(block_sum, b[:, None], -1))[:, 0]
+    # The remainder from the previous block's cumulative sum (the one `b` was chosen by), not from
+    # cum[b] - block_sum[b]: that difference can round above it, making the remainder negative and
+    # landing on the block's first token whatever its weight.
+    before = jnp.take_along_axis(jnp.pad(cum, ((0, 0), (1, 0))), b[:, None], -1)[:, 0]
+    rest = jnp.maximum(u[:, 0] - before, 0.0)
     inside = jnp.take_along_axis(w, b[:, None, None], 1)[:, 0]               # [B, block]
     last_token = block - 1 - jnp.argmax((inside > 0)[:, ::-1], -1)
     t = jnp.minimum(jnp.sum(jnp.cumsum(inside, -1) <= rest[:, None], -1), last_token)

@@ -112,7 +112,9 @@ class Sampler:
         state = SamplingState(
             step=jnp.int32(0), tokens=jnp.full((batch, n), self.spec.pad_id, jnp.int32),
             mask=jnp.zeros((batch, n), jnp.int32), logp=zeros_f, logp_raw=zeros_f,
-            done=jnp.zeros((batch,), bool), next_position=positions[:, -1] + 1, kv_valid=kv_valid,
+            # Filler rows (no prompt token) start done: they would otherwise keep the decode loop
+            # running until they happened to draw an EOS.
+            done=mask.sum(-1) == 0, next_position=positions[:, -1] + 1, kv_valid=kv_valid,
             cache=cache, key=key, params=sp)
         return self._record(state, sub, logits)
 
