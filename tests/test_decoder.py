@@ -156,6 +156,21 @@ def test_gemma3_multimodal_config_loads_text_model():
     assert cfg_old.layer_types == cfg.layer_types and dict(cfg_old.rope_scaling)["factor"] == 8.0
 
 
+def test_gemma3_4b_sparse_multimodal_config_gets_transformers_defaults():
+    """gemma-3-4b-it's config.json lists only what differs from Gemma3TextConfig's defaults; the rest
+    (heads, vocabulary, RoPE bases) must come from those defaults, as HF loads it, not a KeyError or
+    rope_theta 1e4. EOS ids the text part lacks come from the top level."""
+    sparse = {"model_type": "gemma3", "eos_token_id": [1, 106],
+              "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                              "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                              "sliding_window": 1024}, "vision_config": {"hidden_size": 8}}
+    cfg = D.DecoderConfig.from_hf(sparse)
+    assert (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.vocab_size) == (8, 4, 256, 262208)
+    assert cfg.rope_theta == 1e6 and cfg.local_rope_theta == 1e4 and dict(cfg.rope_scaling)["factor"] == 8.0
+    assert cfg.layer_types == (("local",) * 5 + ("global",)) * 5 + ("local",) * 4 and cfg.sliding_window == 1024
+    assert cfg.query_pre_attn_scalar == 256 and cfg.eos_token_ids == (1, 106) and cfg.tie_embeddings
+
+
 def test_import_errors_name_every_bad_tensor(tmp_path):
     from safetensors.numpy import save_file
     cfg = D.DecoderConfig.from_hf(CONFIGS["llama"]().to_dict())

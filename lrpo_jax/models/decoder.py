@@ -98,9 +98,16 @@ class DecoderConfig:
         if kind == "gemma3":
             if "text_config" not in config:
                 raise ValueError("gemma3 config.json has no text_config")
-            config = {**config["text_config"], "model_type": "gemma3_text",
-                      "tie_word_embeddings": config["text_config"].get(
-                          "tie_word_embeddings", config.get("tie_word_embeddings", True))}
+            # Multimodal checkpoints list only what differs from Gemma3TextConfig's defaults (gemma-3-4b-it
+            # omits the heads, vocabulary and RoPE bases): transformers' own config class fills the rest,
+            # as HF does when it loads the checkpoint. Token ids the text part lacks come from the top level.
+            from transformers import Gemma3TextConfig
+            given = config["text_config"]
+            text = Gemma3TextConfig(**{k: v for k, v in given.items() if k != "model_type"}).to_dict()
+            for key in ("eos_token_id", "bos_token_id", "pad_token_id", "tie_word_embeddings"):
+                if key not in given and key in config:
+                    text[key] = config[key]
+            config = {**text, "model_type": "gemma3_text"}
             kind = "gemma3_text"
         family = {"qwen2": "qwen2", "llama": "llama", "gemma3_text": "gemma3"}.get(kind)
         if family is None:
