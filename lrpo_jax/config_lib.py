@@ -81,3 +81,13 @@ def load_sibling(config_file: str, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def check_ranges(cfg, ranges: dict, prefix: str = "config") -> None:
+    """`ranges`: dotted key -> (low, high, low inclusive); raises naming the first key out of range."""
+    for key, (low, high, inclusive) in ranges.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        if not (low <= value <= high if inclusive else low < value <= high):
+            raise ValueError(f"{prefix}.{key}={value!r} must be within {'[' if inclusive else '('}{low}, {high}]")

@@ -66,12 +66,10 @@ _RANGES = {"alpha": (0.0, 1.0, False), "eps_init": (0.0, 1.0, True), "eps_min": 
 
 def check_config(r) -> None:
     """Validates config.router's enumerated and numeric settings, naming the key."""
+    from lrpo_jax import config_lib
     if r.norm not in NORMS:
         raise ValueError(f"config.router.norm={r.norm!r}; expected one of {NORMS}")
-    for key, (low, high, inclusive) in _RANGES.items():
-        value = r[key]
-        if not (low <= value <= high if inclusive else low < value <= high):
-            raise ValueError(f"config.router.{key}={value!r} must be within {'[' if inclusive else '('}{low}, {high}]")
+    config_lib.check_ranges(r, _RANGES, "config.router")
 _NEVER = np.iinfo(np.int32).max  # first_seen of a cell not observed since the last update
 
 

@@ -145,12 +145,7 @@ def _choices_and_ranges(cfg) -> None:
         "rl.kl_coef": (0.0, float("inf"), True), "optim.lr": (0.0, float("inf"), True),
         "reward.similarity_weight": (0.0, float("inf"), True), "reward.answer_weight": (0.0, float("inf"), True),
     }
-    for key, (low, high, inclusive) in ranges.items():
-        value = cfg
-        for part in key.split("."):
-            value = value[part]
-        if not (low <= value <= high if inclusive else low < value <= high):
-            raise ValueError(f"config.{key}={value!r} must be within {'[' if inclusive else '('}{low}, {high}]")
+    config_lib.check_ranges(cfg, ranges)
     router_lib.check_config(cfg.router)
     if not (cfg.reward.similarity_weight or cfg.reward.answer_weight):
         raise ValueError("config.reward.similarity_weight and reward.answer_weight are both 0: no reward to learn from")
@@ -206,10 +201,10 @@ def _flat(tree, prefix=""):
     return {prefix[:-1]: tree}
 
 
-def check_resume_config(workdir: pathlib.Path, cfg, fixed_keys=RESUME_FIXED) -> dict:
+def check_resume_config(workdir: pathlib.Path, cfg, fixed_keys=RESUME_FIXED, report: bool = True) -> dict:
     """Compares the config a workdir's checkpoints were written with (its config.json) against this
-    run's. Raises, naming the keys, if a RESUME_FIXED setting changed; returns the other changes
-    ({key: (old, new)}, e.g. total_steps) so the caller can report them. {} for a fresh workdir."""
+    run's. Raises, naming the keys, if a `fixed_keys` setting changed; logs (if `report`) and returns
+    the other changes ({key: (old, new)}, e.g. total_steps). {} for a fresh workdir."""
     saved, ckpts = workdir / "config.json", workdir / "checkpoints"
     if not (saved.exists() and ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
         return {}
@@ -220,6 +215,9 @@ def check_resume_config(workdir: pathlib.Path, cfg, fixed_keys=RESUME_FIXED) -> 
         raise ValueError(f"{workdir} holds checkpoints of another set-up: "
                          + "; ".join(f"config.{k} was {changed[k][0]!r}, now {changed[k][1]!r}" for k in fixed)
                          + ". Resume with the same settings, or train in a new --workdir")
+    if changed and report:
+        logging.warning("resuming %s with changed settings: %s", workdir,
+                        "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
     return changed
 
 
@@ -242,10 +240,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = parallel.make_mesh(tuple(tuple(a) for a in cfg.mesh))
     parallel.log_mesh(mesh)
     compiles = metrics_lib.CompileCounter()
-    changed = check_resume_config(workdir, cfg)
-    if changed and lead:
-        logging.warning("resuming %s with changed settings: %s", workdir,
-                        "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    check_resume_config(workdir, cfg, report=lead)
     if lead:  # only after the check: the workdir's config.json must keep describing its checkpoints
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     K, K_on, P = cfg.rollout.K, cfg.router.K_on, cfg.data.prompts_per_step
@@ -521,9 +516,9 @@ def fixed_mix_probs(mix: str, languages) -> np.ndarray:
     """"own:0.75,en:0.25" -> probabilities over [languages..., own, others] for fixed-mix baselines:
     "own" is the question's language, "others" a mass spread evenly over every other language."""
     probs = np.zeros(len(languages) + 2, np.float32)
+    special = {"own": len(languages), "others": len(languages) + 1}
     for part in filter(None, (p.strip() for p in mix.split(","))):
         code, _, w = part.partition(":")
-        special = {"own": len(languages), "others": len(languages) + 1}
         idx = special[code.strip()] if code.strip() in special else languages.index(code.strip(), "config.router.fixed_mix")
         try:
             probs[idx] = float(w)

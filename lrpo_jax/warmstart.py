@@ -158,10 +158,7 @@ def warmstart(cfg, workdir: str) -> dict:
         raise ValueError(f"config.warmstart.micro_batch={w.micro_batch} must be a multiple of the {data_par} "
                          f"data-parallel devices of config.mesh")
     # Checkpoints of another policy are refused before config.json is rewritten (as in training).
-    changed = trainer.check_resume_config(workdir, cfg, fixed_keys=("policy", "prompt.mode"))
-    if changed and lead:
-        logging.warning("resuming %s with changed settings: %s", workdir,
-                        "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+    trainer.check_resume_config(workdir, cfg, fixed_keys=("policy", "prompt.mode"), report=lead)
     if lead:
         (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
 

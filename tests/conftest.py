@@ -44,3 +44,16 @@ def smoke_run(tmp_path_factory):
     shared = os.environ.get("LRPO_TEST_SMOKE_DIR")
     workdir = pathlib.Path(shared) if shared else tmp_path_factory.mktemp("smoke_run")
     return workdir, trainer.train(mod.get_config("steps=3,online=0.5"), str(workdir))
+
+
+@pytest.fixture()
+def swapped_model_folders(tmp_path):
+    """(a Hugging Face model folder, a training workdir) as bare as the swapped-flag checks need."""
+    import json
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    wd = tmp_path / "run"
+    (wd / "checkpoints").mkdir(parents=True)
+    (wd / "config.json").write_text(json.dumps({"policy": {"source": "shipped:gemma3_270m"}}))
+    return hf, wd

@@ -128,18 +128,8 @@ def test_main_rejects_stray_arguments():
         evaluate.main(["evaluate", "runs/demo"])
 
 
-def _fake_model_folders(tmp_path):
-    hf = tmp_path / "hf"
-    hf.mkdir()
-    (hf / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    wd = tmp_path / "run"
-    (wd / "checkpoints").mkdir(parents=True)
-    (wd / "config.json").write_text(json.dumps({"policy": {"source": "shipped:gemma3_270m"}}))
-    return hf, wd
-
-
-def test_swapped_model_flags_name_the_right_flag(tmp_path):
-    hf, wd = _fake_model_folders(tmp_path)
+def test_swapped_model_flags_name_the_right_flag(swapped_model_folders):
+    hf, wd = swapped_model_folders
     with pytest.raises(ValueError, match=re.escape(f"--checkpoint {hf} is a Hugging Face model folder") +
                        ".*" + re.escape(f"pass it as --hf_dir {hf}")):
         evaluate.restore_policy(str(hf))

@@ -76,13 +76,8 @@ def test_main_rejects_stray_arguments():
         sample.main(["sample", "some question"])
 
 
-def test_swapped_model_folders_name_the_right_flag(tmp_path):
-    hf = tmp_path / "hf"
-    hf.mkdir()
-    (hf / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
-    wd = tmp_path / "run"
-    (wd / "checkpoints").mkdir(parents=True)
-    (wd / "config.json").write_text(json.dumps({"policy": {"source": "shipped:gemma3_270m"}}))
+def test_swapped_model_folders_name_the_right_flag(swapped_model_folders):
+    hf, wd = swapped_model_folders
     with pytest.raises(ValueError, match=re.escape(f"pass it as --config.policy.source=hf:{hf}")):
         sample.sample(_cfg(), prompts=("q",), checkpoint=str(hf))
     cfg = _cfg()
