@@ -1,7 +1,8 @@
 """Run logging: TensorBoard event files (scalars, images, text) mirrored to JSONL, phase timers.
 
 TensorFlow is not needed: events are written with tensorboard's own protos and file writer.
-Only process 0 writes; other processes get a no-op writer so multi-host code needs no branches.
+The caller passes `enabled=(process 0)`: other processes then hold a no-op writer, so multi-host
+code needs no branches.
 """
 from __future__ import annotations
 

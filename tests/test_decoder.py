@@ -189,3 +189,66 @@ def test_import_errors_name_every_bad_tensor(tmp_path):
     with pytest.raises(ValueError, match="unsupported model_type 'bert'"):
         D.DecoderConfig.from_hf({"model_type": "bert"})
     json.dumps(hf_import.hf_config_dict(cfg))  # serialisable
+
+
+def test_generation_config_eos_ids_are_stop_tokens_too(tmp_path):
+    """Qwen2.5-Instruct's config.json names <|im_end|> only; generate() also stops at
+    generation_config.json's <|endoftext|>, so the rollouts must too."""
+    cfg = CONFIGS["qwen2"]().to_dict()
+    cfg.update(eos_token_id=151645, bos_token_id=151643, pad_token_id=None, vocab_size=151936)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert D.DecoderConfig.from_hf(tmp_path).eos_token_ids == (151645,)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [151645, 151643]}))
+    dcfg = D.DecoderConfig.from_hf(tmp_path)
+    assert dcfg.eos_token_ids == (151645, 151643) and dcfg.pad_token_id == 151645  # pad from config.json
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "<|im_end|>"}))
+    with pytest.raises(ValueError, match="generation_config.json: eos_token_id must be an int"):
+        D.DecoderConfig.from_hf(tmp_path)
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+def test_defaults_for_keys_a_config_omits_are_transformers(family):
+    """A config.json without tie_word_embeddings ties as the transformers class does (Qwen2: untied)."""
+    d = CONFIGS[family]().to_dict()
+    del d["tie_word_embeddings"]
+    hf = type(CONFIGS[family]())(**{k: v for k, v in d.items() if k != "model_type"})
+    assert D.DecoderConfig.from_hf(d).tie_embeddings == hf.tie_word_embeddings
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_old_style_rope_scaling_survives_export(family):
+    """`rope_scaling: {"type": "linear"}` (pre-4.45 spelling) must not be written next to
+    rope_type 'default', which transformers would read as no scaling."""
+    d = {k: v for k, v in CONFIGS[family]().to_dict().items() if k != "rope_parameters"}
+    d.update(rope_theta=1e4, rope_scaling={"type": "linear", "factor": 4.0})
+    cfg = D.DecoderConfig.from_hf(d)
+    assert dict(cfg.rope_scaling) == {"rope_type": "linear", "factor": 4.0}
+    exported = hf_import.hf_config_dict(cfg)
+    hf = type(CONFIGS[family]())(**{k: v for k, v in exported.items() if k != "model_type"})
+    assert hf.rope_parameters["rope_type"] == "linear" and hf.rope_parameters["factor"] == 4.0
+    assert D.DecoderConfig.from_hf(exported) == cfg
+
+
+@pytest.mark.parametrize("pair", ["gemma3"], indirect=True)
+def test_multimodal_gemma3_checkpoint_layouts_load_the_text_weights(pair, tmp_path):
+    """transformers >= 4.52 saves Gemma3ForConditionalGeneration as model.language_model.*,
+    model.vision_tower.*, model.multi_modal_projector.*; older versions as language_model.model.*,
+    vision_tower.*, multi_modal_projector.*. Both load as the text decoder, the vision parts skipped."""
+    _, _, folder, cfg, _, params = pair
+    from safetensors.numpy import load_file, save_file
+    text = json.loads((folder / "config.json").read_text())
+    tensors = load_file(folder / "model.safetensors")
+    for new, old in (("model.language_model.", "model."), ("language_model.model.", "model.")):
+        vision = "model." if new.startswith("model.") else ""
+        out = tmp_path / new.rstrip(".")
+        out.mkdir()
+        renamed = {new + k[len(old):]: v for k, v in tensors.items()}
+        renamed[vision + "vision_tower.vision_model.post_layernorm.weight"] = np.ones(8, np.float32)
+        renamed[vision + "multi_modal_projector.mm_input_projection_weight"] = np.ones((8, 4), np.float32)
+        save_file(renamed, str(out / "model.safetensors"))
+        (out / "config.json").write_text(json.dumps({"model_type": "gemma3", "text_config": text,
+                                                     "vision_config": {"hidden_size": 8}}))
+        cfg2, params2 = hf_import.load_decoder(out)
+        assert cfg2 == cfg
+        for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
+            np.testing.assert_array_equal(a, b)

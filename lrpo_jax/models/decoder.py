@@ -36,6 +36,17 @@ from lrpo_jax.models.attention import attention
 FAMILIES = ("qwen2", "llama", "gemma3")
 
 
+def _generation_eos(path: pathlib.Path) -> tuple[int, ...]:
+    """EOS ids of a checkpoint's generation_config.json (an int or a list), () without one."""
+    if not path.is_file():
+        return ()
+    eos = json.loads(path.read_text()).get("eos_token_id")
+    ids = eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{path}: eos_token_id must be an int or a list of ints, got {eos!r}")
+    return tuple(ids)
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
     """Static (hashable) description of a decoder; see the module table for family switches."""
@@ -90,10 +101,12 @@ class DecoderConfig:
         Reads both transformers 5 (`rope_parameters`) and older (`rope_theta`, `rope_scaling`,
         `rope_local_base_freq`, `sliding_window_pattern`) spellings.
         """
+        gen_eos = ()
         if not isinstance(config, dict):
             path = pathlib.Path(config)
             path = path / "config.json" if path.is_dir() else path
             config = json.loads(path.read_text())
+            gen_eos = _generation_eos(path.parent / "generation_config.json")
         kind = config.get("model_type")
         if kind == "gemma3":
             if "text_config" not in config:
@@ -122,7 +135,9 @@ class DecoderConfig:
         local_rp = rp.get("sliding_attention", {}) if isinstance(rp, dict) else {}
         theta = global_rp.get("rope_theta", config.get("rope_theta", 10000.0))
         scaling = {k: v for k, v in global_rp.items() if k != "rope_theta"} or config.get("rope_scaling") or None
-        if scaling and scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+        if scaling and "type" in scaling:  # the pre-4.45 spelling: one key, so export cannot write both
+            scaling = {("rope_type" if k == "type" else k): v for k, v in scaling.items()}
+        if scaling and scaling.get("rope_type") in (None, "default"):
             scaling = None
         local_theta, window, types = None, None, ()
         if family == "gemma3":
@@ -138,6 +153,10 @@ class DecoderConfig:
         eos = config.get("eos_token_id")
         eos = tuple(eos) if isinstance(eos, (list, tuple)) else (() if eos is None else (eos,))
         pad = config.get("pad_token_id")
+        pad = pad if pad is not None else (eos[0] if eos else 0)
+        # generate() stops at generation_config.json's EOS list (Qwen2.5-Instruct: <|im_end|> and
+        # <|endoftext|>, where config.json names only one): stop at both lists' ids.
+        eos = eos + tuple(i for i in gen_eos if i not in eos)
         fields = dict(
             family=family, vocab_size=config["vocab_size"], hidden_size=config["hidden_size"],
             intermediate_size=config["intermediate_size"], num_layers=n, num_heads=heads,
@@ -146,11 +165,11 @@ class DecoderConfig:
             rope_scaling=tuple(sorted(scaling.items())) if scaling else None,
             rms_norm_eps=config.get("rms_norm_eps", 1e-6),
             qkv_bias=family == "qwen2" or bool(config.get("attention_bias", False)),
-            tie_embeddings=config.get("tie_word_embeddings", family != "llama"),
+            tie_embeddings=config.get("tie_word_embeddings", family == "gemma3"),  # transformers' defaults
             sliding_window=window, layer_types=types,
             query_pre_attn_scalar=config.get("query_pre_attn_scalar") if family == "gemma3" else None,
             bos_token_id=config.get("bos_token_id"), eos_token_ids=eos,
-            pad_token_id=pad if pad is not None else (eos[0] if eos else 0),
+            pad_token_id=pad,
         )
         fields.update(overrides)
         return cls(**fields)

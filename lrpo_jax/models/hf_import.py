@@ -41,7 +41,8 @@ def safetensors_files(folder: str | os.PathLike) -> list[pathlib.Path]:
 
 
 def iter_tensors(folder: str | os.PathLike):
-    """Yields (name, numpy array) one tensor at a time (bf16 is widened to float32)."""
+    """Yields (name, numpy array) one tensor at a time, in the file's dtype (bf16 as ml_dtypes.bfloat16;
+    widened to float32 where the installed safetensors cannot read bf16 into numpy)."""
     from safetensors import safe_open
     for path in safetensors_files(folder):
         with safe_open(path, framework="numpy") as f:
@@ -107,8 +108,9 @@ RULES = {
     ],
 }
 # Tensors some checkpoints carry that the text decoder does not use.
-_IGNORED = (r"model\.rotary_emb\..*", r".*\.rotary_emb\.inv_freq", r"vision_tower\..*",
-            r"multi_modal_projector\..*")
+# Multimodal Gemma 3 keeps its vision parts at the top level (older transformers) or under `model.` (>= 4.52).
+_IGNORED = (r"model\.rotary_emb\..*", r".*\.rotary_emb\.inv_freq", r"(model\.)?vision_tower\..*",
+            r"(model\.)?multi_modal_projector\..*")
 # Multimodal Gemma 3 checkpoints nest the text model under these prefixes.
 _PREFIXES = (("model.language_model.", "model."), ("language_model.model.", "model."),
              ("language_model.lm_head.", "lm_head."))

@@ -181,19 +181,3 @@ class Sampler:
         out = parallel.to_host((state.tokens, state.mask, state.logp, state.logp_raw))
         toks, msk, lp, lpr = (np.asarray(x)[:rows] for x in out)
         return SampleOutput(toks, msk, lp, lpr, msk.sum(axis=1))
-
-
-def truncate_at_stop_strings(tokenizer, tokens: np.ndarray, mask: np.ndarray,
-                             stop_strings: Sequence[str]) -> np.ndarray:
-    """Host-side stop strings: zeroes the mask after the token that completes a stop string."""
-    mask = mask.copy()
-    if not stop_strings:
-        return mask
-    for r in range(tokens.shape[0]):
-        n = int(mask[r].sum())
-        for t in range(1, n + 1):
-            text = tokenizer.decode(tokens[r, :t].tolist(), skip_special_tokens=True)
-            if any(s in text for s in stop_strings):
-                mask[r, t:] = 0
-                break
-    return mask
