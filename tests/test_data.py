@@ -75,11 +75,36 @@ def test_jsonl_parquet_round_trip(tmp_path):
         sources.read_jsonl(tmp_path / "bad.jsonl")
 
 
-def _load_jsonl(path, langs=("de", "ja"), skip=False):
+def _load_jsonl(path, langs=("de", "ja"), skip=False, source="jsonl"):
     import ml_collections
-    cfg = ml_collections.ConfigDict(dict(source="jsonl", path=str(path), languages=langs, max_items=0,
+    cfg = ml_collections.ConfigDict(dict(source=source, path=str(path), languages=langs, max_items=0,
                                          skip_bad_rows=skip))
     return sources.load_examples(cfg, **V)
+
+
+def test_care_and_parquet_errors_say_how_rows_are_counted(tmp_path):
+    """CARE JSON lists name the 0-based list index, CARE JSONL the 1-based line, parquet the 0-based
+    row index: each says which, so a user finds the row."""
+    care = [{"id": "c1", "language": "de", "question": "Was isst man?", "answer": "Brezen.",
+             "culture_type": "Regional Knowledge", "associated_culture": "Germany"},
+            {"id": "c2", "language": "de", "question": "Wer?", "answer": "Er.",
+             "culture_type": "Cooking", "associated_culture": ["Germany"]}]
+    as_list, as_lines = tmp_path / "care.json", tmp_path / "care.jsonl"
+    as_list.write_text(json.dumps(care))
+    as_lines.write_text(json.dumps(care[0]) + "\n\n" + json.dumps(care[1]) + "\n")
+    for path, where in ((as_list, "list index 1"), (as_lines, "line 3")):
+        with pytest.raises(schema.DataError, match=rf"^{path}: {where}, field topic: unknown topic 'Cooking'"):
+            _load_jsonl(path, source="care_json")
+        exs, skipped = _load_jsonl(path, source="care_json", skip=True)
+        assert [(e.id, e.topic, e.regions) for e in exs] == [("c1", "Regional Knowledge", ("Germany",))]
+    rows = [_row(id="a"), _row(id="b", ability="Cooking")]
+    sources.write_parquet([schema.parse_row(rows[0], 0, **V)], tmp_path / "ok.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pq.read_table(tmp_path / "ok.parquet").to_pylist()
+    pq.write_table(pa.Table.from_pylist(table + [{**table[0], "id": "b", "ability": "Cooking"}]), tmp_path / "d.parquet")
+    with pytest.raises(schema.DataError, match=rf"^{tmp_path / 'd.parquet'}: row index 1, field ability: unknown topic"):
+        _load_jsonl(tmp_path / "d.parquet", source="parquet")
 
 
 def test_jsonl_errors_name_the_file_and_line(tmp_path):

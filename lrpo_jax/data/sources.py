@@ -168,12 +168,19 @@ def gsm_symbolic_rows(languages: Sequence[str], topic: str = "Reasoning / Logic"
     return rows
 
 
-def care_rows(path: str | pathlib.Path, topic_map: dict | None = None, region_map: dict | None = None) -> list[dict]:
-    """CARE-style JSON (a list, or JSONL) -> rows. `culture_type` maps to a topic and
-    `associated_culture` to regions through the given maps (identity by default)."""
+def care_rows(path: str | pathlib.Path, topic_map: dict | None = None,
+              region_map: dict | None = None) -> tuple[list[dict], str, list[int]]:
+    """CARE-style JSON (a list, or JSONL) -> (rows, how errors name a row, its numbers).
+    `culture_type` maps to a topic and `associated_culture` to regions through the given maps
+    (identity by default). Rows are named by their 0-based list index, or a JSONL file's 1-based line."""
     path = pathlib.Path(path)
     text = path.read_text(encoding="utf-8")
-    records = json.loads(text) if text.lstrip().startswith("[") else read_jsonl(path)
+    if text.lstrip().startswith("["):
+        records = json.loads(text)
+        where, numbers = f"{path}: list index", list(range(len(records)))
+    else:
+        records, numbers = read_jsonl_lines(path)
+        where = f"{path}: line"
     rows = []
     for i, r in enumerate(records):
         culture = r.get("associated_culture")
@@ -182,7 +189,7 @@ def care_rows(path: str | pathlib.Path, topic_map: dict | None = None, region_ma
                      "topic": (topic_map or {}).get(r.get("culture_type"), r.get("culture_type")),
                      "language": r.get("language"), "source": "care",
                      "region": [(region_map or {}).get(c, c) for c in cultures]})
-    return rows
+    return rows, where, numbers
 
 
 def load_examples(cfg, *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab, regions: vocab_lib.Vocab):
@@ -200,8 +207,10 @@ def load_examples(cfg, *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab, r
         if src == "jsonl":  # errors name the file and the 1-based line, like read_jsonl's own
             rows, numbers = read_jsonl_lines(cfg.path)
             where = f"{cfg.path}: line"
-        else:
-            rows = {"parquet": read_parquet, "care_json": care_rows}[src](cfg.path)
+        elif src == "care_json":
+            rows, where, numbers = care_rows(cfg.path)
+        else:  # 0-based, as pyarrow and pandas number a table's rows
+            rows, where = read_parquet(cfg.path), f"{cfg.path}: row index"
     else:
         raise ValueError(f"unknown config.data.source {src!r}; expected gsm_symbolic, mgsm, parquet, jsonl or care_json")
     examples, skipped = schema.validate_rows(rows, languages=languages, topics=topics, regions=regions,
