@@ -19,6 +19,24 @@ def test_readme_opens_with_the_two_commands():
     assert commands[1] in ci
 
 
+@pytest.mark.parametrize("path", ["README.md", "lrpo_jax/bench/PERF_NOTES.md"])
+def test_markdown_tables_are_whole(path):
+    """A table row after a blank or text line renders as text, not as part of its table; every row has
+    its header's number of cells."""
+    lines = (pathlib.Path(__file__).resolve().parents[1] / path).read_text().splitlines()
+    cells = None
+    for i, line in enumerate(lines):
+        if not line.startswith("|"):
+            cells = None
+            continue
+        n = len(re.findall(r"(?<!\\)\|", line)) - 1
+        if cells is None:
+            assert i + 1 < len(lines) and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1]), \
+                f"{path}:{i + 1}: a table row with no header above it: {line[:80]}"
+            cells = n
+        assert n == cells, f"{path}:{i + 1}: {n} cells where the table has {cells}: {line[:80]}"
+
+
 @pytest.mark.slow
 def test_python_snippets_and_one_liners_run():
     snippets = re.findall(r"```python\n(.*?)```", README, re.S)
