@@ -154,6 +154,17 @@ def shard_batch(batch, mesh: Mesh):
     return jax.tree.map(put, batch)
 
 
+def split_rows(x: jax.Array, n: int) -> jax.Array:
+    """[rows, ...] -> [n, rows // n, ...], part i holding rows i, i + n, i + 2n, ...
+
+    The batch is sharded over devices in contiguous row blocks. Strided parts keep every part spread
+    over all devices (rows // n rows, a multiple of the device count, so each device contributes
+    its own rows); contiguous parts would each sit on a few devices, and XLA would gather the whole
+    batch onto every device and compute each micro-batch there in full.
+    """
+    return x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1)
+
+
 def shard_local_batch(batch, mesh: Mesh):
     """Like `shard_batch`, for per-host input pipelines: each process passes only ITS rows (process
     i holds global rows [i*n, (i+1)*n)), and no host ever holds the whole batch."""

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from lrpo_jax.models import decoder as decoder_lib
+from lrpo_jax import parallel
 from lrpo_jax.models import hf_import, shipped
 from lrpo_jax.rl.logprobs import chunked_logprobs
 
@@ -97,9 +98,10 @@ def batched_logp(logp_fn, micro_batch: int):
         keys = ("tokens", "positions", "attn_mask")
         xs = {k: batch[k] for k in keys}
         rows = xs["tokens"].shape[0]
-        split = jax.tree.map(lambda x: x.reshape(rows // micro_batch, micro_batch, *x.shape[1:]), xs)
+        n = rows // micro_batch
+        split = jax.tree.map(lambda x: parallel.split_rows(x, n), xs)  # strided: each part on every device
         lp = jax.lax.map(lambda b: logp_fn(params, b)[0], split)
-        return lp.reshape(rows, -1)
+        return lp.swapaxes(0, 1).reshape(rows, -1)  # back to row order
 
     return run
 

@@ -109,7 +109,7 @@ def order(n: int, seed: int, step: int, batch: int) -> np.ndarray:
 def make_sft_step(logp_fn, optimizer, micro_batch: int):
     def step_fn(state: SFTState, batch: dict):
         rows = batch["tokens"].shape[0]
-        mbs = jax.tree.map(lambda x: x.reshape(rows // micro_batch, micro_batch, *x.shape[1:]), batch)
+        mbs = jax.tree.map(lambda x: parallel.split_rows(x, rows // micro_batch), batch)  # strided: see split_rows
 
         def loss_sum(params, mb):
             lp, _ = logp_fn(params, mb)

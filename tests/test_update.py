@@ -75,8 +75,8 @@ def test_verl05_per_micro_batch_mean(setup):
 
     def per_micro(p):
         losses = []
-        for i in range(0, B, 2):
-            mb = jax.tree.map(lambda x: x[i:i + 2], batch)
+        for i in range(B // 2):  # micro-batch i: rows i, i + B/2 (strided, see parallel.split_rows)
+            mb = jax.tree.map(lambda x: x[i::B // 2], batch)
             lp, _ = toy_logp(p, mb)
             pg, _ = grpo.policy_loss(lp, jax.lax.stop_gradient(lp), mb["advantages"], mb["response_mask"])
             losses.append(grpo.agg_loss(pg, mb["response_mask"]))
@@ -122,7 +122,7 @@ def test_loss_and_grad_norm_metrics_average_the_optimizer_steps(setup):
     batch = dict(batch, old_logp=lp)
     run = lambda cfg, b: jax.jit(make_update(toy_logp, optax.sgd(0.0), cfg))(params, optax.sgd(0.0).init(params), b)[2]  # noqa: E731
     both = run(UpdateConfig(micro_batch=4, mini_batches=2), batch)
-    halves = [run(UpdateConfig(micro_batch=4), jax.tree.map(lambda x: x[i * 4:(i + 1) * 4], batch)) for i in (0, 1)]
+    halves = [run(UpdateConfig(micro_batch=4), jax.tree.map(lambda x: x[i::2], batch)) for i in (0, 1)]  # strided
     for key in ("loss", "grad_norm"):
         assert float(halves[0][key]) != pytest.approx(float(halves[1][key]), rel=1e-3), key
         np.testing.assert_allclose(both[key], (halves[0][key] + halves[1][key]) / 2, rtol=1e-5, err_msg=key)
@@ -134,3 +134,43 @@ def test_per_token_loss_masks_padding(setup):
     tok, diag = per_token_loss(lp, ent, batch, UpdateConfig())
     assert float(jnp.abs(tok * (1 - batch["response_mask"])).max()) == 0.0
     assert set(diag) >= {"pg_loss", "kl", "entropy", "pg_clipfrac", "ratio"}
+
+
+def test_micro_and_mini_batches_stay_spread_over_the_devices():
+    """On a mesh sharding 64 rows over 8 devices, each micro-batch of 16 (and each of 2 mini-batches)
+    must take 2 rows from every device: no all-gather of the batch, a quarter of the batch's work per
+    device per micro-step. Contiguous micro-batches would sit on 2 devices each and XLA would gather
+    the whole batch everywhere (the compiled program had all-gathers and 4x the flops)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from lrpo_jax import parallel, policy
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    mesh = parallel.make_mesh((("data", 8), ("fsdp", 1), ("tensor", 1)))
+    rng = np.random.default_rng(0)
+    rows = 64
+    params = {"w": jnp.asarray(rng.normal(size=(D, V)).astype(np.float32)), "b": jnp.zeros(V)}
+    batch = {"features": rng.normal(size=(rows, R, D)).astype(np.float32),
+             "tokens": rng.integers(0, V, (rows, R)).astype(np.int32),
+             "response_mask": np.ones((rows, R), np.float32),
+             "advantages": rng.normal(size=(rows,)).astype(np.float32)}
+    batch["old_logp"] = np.asarray(toy_logp(params, batch)[0])
+    rep = NamedSharding(mesh, P())
+    sharded = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in batch.items()}
+    params = jax.device_put(params, rep)
+    opt = optax.sgd(0.1)
+    cfg = UpdateConfig(micro_batch=16, mini_batches=2, kl_coef=0.0)
+    upd = jax.jit(make_update(toy_logp, opt, cfg))
+    hlo = upd.lower(params, jax.device_put(opt.init(params), rep), sharded).compile().as_text()
+    assert "all-gather" not in hlo and "all-to-all" not in hlo
+    # Same values as on one device, with the rows in the same strided parts.
+    one = jax.jit(make_update(toy_logp, opt, cfg))(jax.device_get(params), opt.init(jax.device_get(params)), batch)
+    new = upd(params, opt.init(params), sharded)
+    np.testing.assert_allclose(np.asarray(new[0]["w"]), np.asarray(one[0]["w"]), rtol=1e-5, atol=1e-6)
+
+    def logp_fn(p, b):
+        return toy_logp(p, dict(b, features=b["tokens"][..., None] * jnp.ones(D)))
+
+    fwd = jax.jit(policy.batched_logp(logp_fn, micro_batch=16))
+    xs = {"tokens": sharded["tokens"], "positions": sharded["tokens"], "attn_mask": sharded["tokens"]}
+    assert "all-gather" not in fwd.lower(params, xs).compile().as_text()
+    np.testing.assert_allclose(np.asarray(fwd(params, xs)), np.asarray(logp_fn(params, xs)[0]), rtol=1e-6)

@@ -154,3 +154,24 @@ def test_bad_set_ups_fail_before_the_model_loads(tmp_path):
     with pytest.raises(ValueError, match=r"config.policy.overrides.num_layers was 2, now 3"):
         warmstart.warmstart(other, str(wd))
     assert '"num_layers": 2' in (wd / "config.json").read_text()  # left describing its checkpoints
+
+
+def test_sft_micro_batches_stay_spread_over_the_devices():
+    """16 rows sharded over 8 devices in micro-batches of 8: each micro-batch takes a row from every
+    device (strided, parallel.split_rows), so the compiled step gathers no batch onto every device."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from lrpo_jax import parallel
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    mesh = parallel.make_mesh((("data", 8), ("fsdp", 1), ("tensor", 1)))
+    graphdef, params = nnx.split(decoder_lib.Decoder(decoder_lib.DecoderConfig(**TINY), rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(0)
+    B, Tp, R = 16, 6, 5
+    batch = policy_lib.assemble(rng.integers(2, 97, (B, Tp)), np.ones((B, Tp), np.int32),
+                                rng.integers(2, 97, (B, R)), np.ones((B, R), np.int32))
+    batch = {k: jax.device_put(v, NamedSharding(mesh, P("data"))) for k, v in batch.items()}
+    opt = optax.sgd(0.1)
+    rep = NamedSharding(mesh, P())
+    state = jax.device_put(warmstart.SFTState(step=jnp.int32(0), params=params, opt_state=opt.init(params)), rep)
+    step = jax.jit(warmstart.make_sft_step(policy_lib.make_logp_fn(graphdef, R), opt, 8))
+    assert "all-gather" not in step.lower(state, batch).compile().as_text()

@@ -3,12 +3,17 @@
 `make_update(logp_fn, optimizer, cfg)` returns `update(params, opt_state, batch) -> (params,
 opt_state, metrics)`, meant to be jitted once by the trainer with explicit shardings and donated
 params/opt_state. Inside: mini-batches x PPO epochs of optimizer steps, each accumulating
-gradients over micro-batches with `lax.scan`.
+gradients over micro-batches with `lax.scan`. Mini- and micro-batches take rows with a stride
+(`parallel.split_rows`: part i is rows i, i + n, ...), so each stays spread over the devices that
+hold the batch; which rows share a part is otherwise arbitrary (prompts arrive shuffled).
 
 Aggregation across micro-batches: by default a *global* mean (the loss numerators of all
 micro-batches are divided by one denominator computed over the whole mini-batch, as Tunix and the
 newer verl engine do), so the result does not depend on how a batch is split. `global_mean=False`
-reproduces verl 0.5: each micro-batch's `agg_loss`, averaged over micro-batches.
+reproduces verl 0.5's formula: each micro-batch's `agg_loss`, averaged over micro-batches (a
+micro-batch here spans all devices, where verl averages per-GPU micro-batches; and for
+`seq-mean-token-sum-norm` the global mean is n_micro times verl 0.5's loss, since both divide a sum
+by the response length).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from lrpo_jax import parallel
 from lrpo_jax.rl import grpo
 
 
@@ -101,7 +107,7 @@ def make_update(logp_fn: LogpFn, optimizer: optax.GradientTransformation, cfg: U
             raise ValueError(f"mini-batch of {rows} rows is not divisible by rl.micro_batch={cfg.micro_batch}")
         n_micro = rows // cfg.micro_batch
         denom = _denominator(mini["response_mask"], cfg.loss_agg)
-        split = jax.tree.map(lambda x: x.reshape(n_micro, cfg.micro_batch, *x.shape[1:]), mini)
+        split = jax.tree.map(lambda x: parallel.split_rows(x, n_micro), mini)
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
         zeros = jax.tree.map(jnp.zeros_like, params)
 
@@ -125,15 +131,15 @@ def make_update(logp_fn: LogpFn, optimizer: optax.GradientTransformation, cfg: U
         rows = batch["response_mask"].shape[0]
         if rows % cfg.mini_batches:
             raise ValueError(f"batch of {rows} rows is not divisible by rl.mini_batches={cfg.mini_batches}")
-        size = rows // cfg.mini_batches
         # loss and grad_norm: means over the optimizer steps (mini-batches x epochs), like the
         # per-token metrics below, not the last step's values.
         metrics = {"skipped_steps": jnp.float32(0.0), "loss": jnp.float32(0.0), "grad_norm": jnp.float32(0.0)}
         steps = cfg.ppo_epochs * cfg.mini_batches
         sums_total = None
+        minis = jax.tree.map(lambda x: parallel.split_rows(x, cfg.mini_batches), batch)
         for _ in range(cfg.ppo_epochs):
             for i in range(cfg.mini_batches):
-                mini = jax.tree.map(lambda x: x[i * size:(i + 1) * size], batch)
+                mini = jax.tree.map(lambda x: x[i], minis)
                 loss, grads, sums = grads_over_micro(params, mini)
                 gnorm = optax.tree.norm(grads)
                 ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
