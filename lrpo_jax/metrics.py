@@ -29,7 +29,10 @@ def _to_float(v) -> float | None:
 class MetricWriter:
     """Scalars/images/text to TensorBoard under `logdir`, and every scalar row to `metrics.jsonl`."""
 
-    def __init__(self, logdir: str | os.PathLike, *, enabled: bool = True):
+    def __init__(self, logdir: str | os.PathLike, *, enabled: bool = True, restart_step: int | None = None):
+        """`restart_step`: the first step a resumed run logs again. Its event files hold the crashed
+        run's steps from there on; a SessionLog START event makes TensorBoard drop them (as
+        metrics.jsonl is truncated), instead of showing the replayed steps twice."""
         self.logdir = os.fspath(logdir)
         self.enabled = enabled
         self._events = None
@@ -39,6 +42,10 @@ class MetricWriter:
             os.makedirs(self.logdir, exist_ok=True)
             self._events = EventFileWriter(self.logdir)
             self._jsonl = open(os.path.join(self.logdir, "metrics.jsonl"), "a", encoding="utf-8")
+            if restart_step is not None:
+                from tensorboard.compat.proto import event_pb2
+                self._events.add_event(event_pb2.Event(wall_time=time.time(), step=int(restart_step),
+                                                       session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
     # --- TensorBoard protos -------------------------------------------------------------------
     def _write(self, step: int, values: list) -> None:

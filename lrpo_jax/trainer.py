@@ -360,7 +360,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             metrics_lib.truncate_jsonl(workdir / name, start)
 
     # ---------------------------------------------------------------------------------- logging
-    writer = metrics_lib.MetricWriter(workdir / "tensorboard", enabled=lead)
+    writer = metrics_lib.MetricWriter(workdir / "tensorboard", enabled=lead, restart_step=start + 1 if start else None)
     rlog = router_log.RouterLog(workdir / "router.jsonl", spec, max_keys=r.log_max_keys) if lead else None
     timer = metrics_lib.PhaseTimer()
     kill_at = int(os.environ.get("LRPO_TEST_SIGKILL_AT_STEP", "0"))  # exact-resume test hook
@@ -447,7 +447,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     if (cfg.log.heatmaps_every and (step + 1) % cfg.log.heatmaps_every == 0) \
                             or step + 1 == cfg.total_steps:
                         for name, (mat, rws, cols) in router_log.heatmaps(spec, state.router, tau_now, eps_now).items():
-                            writer.image(step + 1, f"router/{name}", metrics_lib.heatmap(mat, rws, cols, name))
+                            writer.image(step + 1, name, metrics_lib.heatmap(mat, rws, cols, name))
                 if cfg.log.rollouts_every and (step + 1) % cfg.log.rollouts_every == 0:
                     writer.text(step + 1, "rollouts", rollout_table(rows, targets, texts, res, cfg.log.rollouts_shown))
                     adv = grpo.group_advantages(jnp.asarray(res.reward.reshape(P, K)), jnp.asarray(valid),

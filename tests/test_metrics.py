@@ -28,6 +28,24 @@ def test_event_file_and_jsonl(tmp_path):
     assert rows == [{"step": 1, "reward/mean": 0.5, "reward/lang/de": 0.25}, {"step": 2, "reward/mean": 0.75}]
 
 
+def test_a_resumed_run_replaces_the_replayed_steps_in_tensorboard(tmp_path):
+    """A crash after step 3 with the checkpoint at step 1: the resumed run logs steps 2-3 again. The
+    event files must show each step once, with the resumed run's values."""
+    import time
+    w = metrics.MetricWriter(tmp_path)
+    for step in (1, 2, 3):
+        w.scalars(step, {"loss": float(step)})
+    w.close()
+    time.sleep(1.1)  # a new event file name (it holds the creation second)
+    w = metrics.MetricWriter(tmp_path, restart_step=2)
+    for step in (2, 3):
+        w.scalars(step, {"loss": 10.0 * step})
+    w.close()
+    acc = event_accumulator.EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("loss")] == [(1, 1.0), (2, 20.0), (3, 30.0)]
+
+
 def test_disabled_writer_writes_nothing(tmp_path):
     w = metrics.MetricWriter(tmp_path / "off", enabled=False)
     w.scalars(1, {"a": 1.0})

@@ -50,6 +50,10 @@ def test_smoke_run_writes_checkpoints_logs_and_router_jsonl(uninterrupted):
     assert "reward/lang/de" in rows[1] or "reward/lang/ja" in rows[1]
     assert int(out["state"].router.updates) == 1  # update_every=2 over 3 steps
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing import event_accumulator
+    acc = event_accumulator.EventAccumulator(str(workdir / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    assert {"router/topic_x_language", "router/region_x_language"} <= set(acc.Tags()["images"])
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
     _, extra = ckpt.restore(checkpoint.abstract_like(out["state"]))
     ckpt.close()
