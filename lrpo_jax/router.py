@@ -20,8 +20,9 @@ lrpo_reference.md §1 describes the reference; where we differ on purpose (§7):
   cells were first seen (about 20 steps per update for "Regional Knowledge", effective rate
   1 - (1 - alpha)^k, dominated by the last cells). `reference_compat=True` reproduces that
   sequence, using the first-seen order tracked in the buffer (ties inside one rollout: region-index
-  order; the reference uses the row's list order), in float32 (the reference: float64). Two
-  differences stay: a prompt's "no region" is one cell here, where the reference keeps separate
+  order; the reference uses the row's list order), in float32, as the reference stores A and B
+  (its per-cell means and z-scores are Python floats). Two differences stay: a prompt's "no
+  region" is one cell here, where the reference keeps separate
   "None" and "[]" cells (two EMA steps for a topic with both), and a region listed twice in one
   row counts once here, twice there.
 * B is learned only from regional topics' region cells. A regional prompt without a region feeds
@@ -113,8 +114,10 @@ class RouterSpec:
     @classmethod
     def from_config(cls, cfg) -> "RouterSpec":
         """From a `config.router`-style ConfigDict (languages, topics, regions, regional/fixed topics)."""
-        return cls(vocab_lib.language_vocab(tuple(cfg.languages)), vocab_lib.topic_vocab(tuple(cfg.topics)),
-                   vocab_lib.region_vocab(tuple(cfg.regions)), tuple(cfg.regional_topics), tuple(cfg.fixed_topics))
+        return cls(vocab_lib.language_vocab(tuple(cfg.languages), "config.router.languages"),
+                   vocab_lib.topic_vocab(tuple(cfg.topics), "config.router.topics"),
+                   vocab_lib.region_vocab(tuple(cfg.regions), "config.router.regions"),
+                   tuple(cfg.regional_topics), tuple(cfg.fixed_topics))
 
     @property
     def regional_topic_mask(self) -> np.ndarray:
@@ -147,6 +150,9 @@ class RouterSpec:
             names = regions[i]
             if names is None or isinstance(names, str):
                 names = [names] if names else []
+            elif not isinstance(names, (list, tuple, np.ndarray)):
+                raise vocab_lib.UnknownKeyError(f"a region must be a name, a list of names or None, got "
+                                                f"{names!r} (row {row}, field {fields.region})")
             for g in names:
                 region_mh[i, self.regions.index(g, f"row {row}, field {fields.region}")] = 1.0
             where = f"row {row}, field {fields.language}"

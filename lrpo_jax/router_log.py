@@ -53,11 +53,13 @@ def routing_tables(spec: RouterSpec, state: RouterState, tau, eps) -> dict[str, 
 
 
 def heatmaps(spec: RouterSpec, state: RouterState, tau, eps) -> dict[str, tuple[np.ndarray, tuple, tuple]]:
-    """name -> (matrix, row labels, column labels) for `metrics.heatmap` / TensorBoard images."""
+    """TensorBoard tag -> (matrix, row labels, column labels) for `metrics.heatmap`: effective
+    (ε-mixed) probabilities of A's topic rows and of B's region rows alone (the log's "region:"
+    entries), and per regional topic the routing of a prompt from each one region."""
     tables = probability_tables(state, tau, eps)
     langs = spec.languages.names
     out = {"router/topic_x_language": (tables["topic_effective"], spec.topics.names, langs),
-           "router/region_x_language": (tables["region_softmax"], spec.regions.names, langs)}
+           "router/region_x_language": (tables["region_effective"], spec.regions.names, langs)}
     for t, m in routing_tables(spec, state, tau, eps).items():
         out[f"router/routing/{t}"] = (m, spec.regions.names, langs)
     return out

@@ -63,11 +63,16 @@ class Vocab:
 
     kind: str  # "language", "topic", "region": used in error messages
     names: tuple[str, ...]
+    where: str = dataclasses.field(default="", compare=False)  # the config key, for errors
 
     def __post_init__(self):
+        at = f" ({self.where})" if self.where else ""
+        bad = [n for n in self.names if not isinstance(n, str) or not n]
+        if bad:
+            raise ValueError(f"{self.kind} vocabulary{at} has entries that are not names: {bad}")
         if len(set(self.names)) != len(self.names):
             dup = sorted({n for n in self.names if self.names.count(n) > 1})
-            raise ValueError(f"{self.kind} vocabulary has duplicates: {dup}")
+            raise ValueError(f"{self.kind} vocabulary{at} has duplicates: {dup}")
 
     def __len__(self):
         return len(self.names)
@@ -76,7 +81,7 @@ class Vocab:
         return iter(self.names)
 
     def __contains__(self, name):
-        return name in self._index
+        return isinstance(name, str) and name in self._index  # a list or an array is not a name
 
     @property
     def _index(self) -> dict[str, int]:
@@ -87,10 +92,12 @@ class Vocab:
         return idx
 
     def index(self, name: str, where: str = "") -> int:
+        at = f" ({where})" if where else ""
+        if not isinstance(name, str):
+            raise UnknownKeyError(f"a {self.kind} must be one name, got {type(name).__name__} {name!r}{at}")
         try:
             return self._index[name]
         except KeyError:
-            at = f" ({where})" if where else ""
             raise UnknownKeyError(
                 f"unknown {self.kind} {name!r}{at}; configured {self.kind}s: {list(self.names)}") from None
 
@@ -121,13 +128,15 @@ def normalize_language(value: str, where: str = "") -> str:
         + "; give an ISO 639-1 code (e.g. 'zh'), an ISO 639-3 code or an English name (e.g. 'chinese')")
 
 
-def language_vocab(codes: Sequence[str] = DEFAULT_LANGUAGES) -> Vocab:
-    return Vocab("language", tuple(normalize_language(c, "config languages") for c in codes))
+def language_vocab(codes: Sequence[str] = DEFAULT_LANGUAGES, where: str = "") -> Vocab:
+    """Codes or English names, normalised to ISO 639-1; `where` (a config key) names them in errors
+    ("zh" and "chinese" together are a duplicate)."""
+    return Vocab("language", tuple(normalize_language(c, where or "a configured language") for c in codes), where)
 
 
-def topic_vocab(names: Sequence[str] = DEFAULT_TOPICS) -> Vocab:
-    return Vocab("topic", tuple(names))
+def topic_vocab(names: Sequence[str] = DEFAULT_TOPICS, where: str = "") -> Vocab:
+    return Vocab("topic", tuple(names), where)
 
 
-def region_vocab(names: Sequence[str] = DEFAULT_REGIONS) -> Vocab:
-    return Vocab("region", tuple(names))
+def region_vocab(names: Sequence[str] = DEFAULT_REGIONS, where: str = "") -> Vocab:
+    return Vocab("region", tuple(names), where)

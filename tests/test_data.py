@@ -122,6 +122,17 @@ def test_jsonl_errors_name_the_file_and_line(tmp_path):
             _load_jsonl(path)
 
 
+def test_a_topic_list_holds_one_topic():
+    """Parquet list cells: a one-element list is that topic; several topics (the reference summed A
+    over them) are an error naming the field, and skippable like any bad row."""
+    ex = schema.parse_row(_row(ability=np.array(["General Knowledge"])), 0, **V)
+    assert ex.topic == "General Knowledge"
+    with pytest.raises(schema.DataError, match=r"row 1, field ability: 2 topics \['General Knowledge', 'Translation'\]"):
+        schema.parse_row(_row(ability=["General Knowledge", "Translation"]), 1, **V)
+    exs, skipped = schema.validate_rows([_row(id="a"), _row(id="b", ability=["X", "Y"])], skip_bad_rows=True, **V)
+    assert [e.id for e in exs] == ["a"] and skipped == {"ability": 1}
+
+
 def test_rows_in_unselected_languages_are_counted(tmp_path):
     rows = [_row(id="a"), _row(id="b", extra_info={"language": "ja"}), _row(id="c", extra_info={"language": "ja"})]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -363,6 +363,19 @@ def test_encode_errors_name_row_and_field():
         SPEC.encode(["Translation"], [None], ["chinese"])  # a real language, but not an arm here
     with pytest.raises(vocab.UnknownKeyError, match=r"unknown topic 'Poetry' \(router.regional_topics\)"):
         router.RouterSpec(LANGS, TOPICS, REGIONS, regional_topics=("Poetry",))
+    # Not a name at all (a parquet list cell, a NaN): still an error naming the row and field.
+    with pytest.raises(vocab.UnknownKeyError, match=r"a topic must be one name, got list \['General Knowledge'\] "
+                                                    r"\(row 0, field ability\)"):
+        SPEC.encode([["General Knowledge"]], [None], ["de"])
+    with pytest.raises(vocab.UnknownKeyError, match=r"a region must be a name, a list of names or None, got nan "
+                                                    r"\(row 0, field extra_info.region\)"):
+        SPEC.encode(["General Knowledge"], [float("nan")], ["de"])
+    assert ["General Knowledge"] not in TOPICS and np.array(["Japan"]) not in REGIONS
+    # Vocabularies name their config key.
+    with pytest.raises(ValueError, match=r"language vocabulary \(config.router.languages\) has duplicates: \['zh'\]"):
+        vocab.language_vocab(("zh", "chinese"), "config.router.languages")
+    with pytest.raises(vocab.UnknownKeyError, match=r"unknown language 'xx' \(config.router.languages\)"):
+        vocab.language_vocab(("de", "xx"), "config.router.languages")
 
 
 def test_jsonl_log_and_heatmaps(tmp_path):
@@ -391,6 +404,8 @@ def test_jsonl_log_and_heatmaps(tmp_path):
     np.testing.assert_allclose(m[0], _softmax(np.array([0.0, 2.0, 0.0, 1.0]) / 0.5), rtol=1e-6)
     np.testing.assert_allclose(maps["router/topic_x_language"][0].sum(-1), 1.0, rtol=1e-6)
     assert maps["router/region_x_language"][0].shape == (3, 4)
+    np.testing.assert_allclose(maps["router/region_x_language"][0].sum(-1), 1.0, rtol=1e-6)
+    assert all(k.startswith("router/") and not k.startswith("router/router") for k in maps)
 
 
 def test_min_count_ignores_thin_cells():

@@ -89,6 +89,10 @@ def parse_row(row: Mapping[str, Any], index: int, *, languages: vocab_lib.Vocab,
         fail(lf, f"language {code!r} is not among the configured languages {list(languages.names)}")
     topic, tf = _field(row, "ability", "topic", "extra_info.topic")
     topic = topic if topic is not None else default_topic
+    if isinstance(topic, (list, tuple, np.ndarray)):  # parquet list columns; the reference sums A
+        if len(topic) != 1:                           # over several topics: one per example here
+            fail(tf, f"{len(topic)} topics {list(topic)!r}; an example has exactly one topic")
+        topic = str(topic[0])
     if topic not in topics:
         fail(tf, f"unknown topic {topic!r}; configured topics: {list(topics.names)}")
     region_value, rf = _field(row, "extra_info.region", "region", "regions")
