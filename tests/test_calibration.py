@@ -51,6 +51,43 @@ def _table(seed=0, ties=True, levels=21):
     return cal.build(LANGS, np.array(ref), np.array(resp), np.array(kind), np.array(sim, np.float32), num_levels=levels)
 
 
+def _quantile7(xs, q):
+    """The (n-1)p linear-interpolation sample quantile, in plain Python (Hyndman-Fan type 7)."""
+    xs = sorted(xs)
+    h = (len(xs) - 1) * q
+    lo = int(h)
+    return xs[lo] if lo + 1 >= len(xs) else xs[lo] + (h - lo) * (xs[lo + 1] - xs[lo])
+
+
+def test_builder_follows_the_reference_recipe():
+    """Per ordered pair: mean and count of the equivalent pairs; ub = their 0.99 quantile; the grid =
+    quantiles at linspace(0, 1, Q) of min(1, s / (ub + 1e-6)) over all three kinds pooled; mu_ref the
+    count-weighted mean of the pair means. Restated here in plain Python, not numpy."""
+    rng = np.random.default_rng(5)
+    ref, resp, kind, sim = [], [], [], []
+    for a, b, n_eq in ((0, 1, 7), (1, 0, 12), (2, 2, 5)):
+        for k, (mu, cnt) in enumerate(((0.85, n_eq), (0.6, 9), (0.75, 4))):
+            ref += [a] * cnt
+            resp += [b] * cnt
+            kind += [k] * cnt
+            sim += list(rng.normal(mu, 0.05, cnt))
+    ref, resp, kind, sim = map(np.asarray, (ref, resp, kind, np.float32(sim)))
+    t = cal.build(LANGS, ref, resp, kind, sim, num_levels=11)
+    assert np.asarray(t.present).tolist() == [[False, True, False], [True, False, False], [False, False, True]]
+    total, weighted = 0, 0.0
+    for a, b in ((0, 1), (1, 0), (2, 2)):
+        pair = (ref == a) & (resp == b)
+        eq = [float(x) for x in sim[pair & (kind == 0)]]
+        assert float(t.counts[a, b]) == len(eq)
+        assert float(t.mean[a, b]) == pytest.approx(sum(eq) / len(eq), abs=1e-6)
+        ub = _quantile7(eq, 0.99)
+        assert float(t.ub[a, b]) == pytest.approx(ub, abs=1e-6)
+        normed = [min(1.0, float(x) / (float(t.ub[a, b]) + 1e-6)) for x in sim[pair]]
+        np.testing.assert_allclose(t.quantiles[a, b], [_quantile7(normed, i / 10) for i in range(11)], atol=1e-6)
+        total, weighted = total + len(eq), weighted + sum(eq)
+    assert float(t.mu_ref) == pytest.approx(weighted / total, abs=1e-6)
+
+
 def test_mean_calibration_matches_reference_loop():
     table = _table()
     rng = np.random.default_rng(1)
@@ -152,6 +189,24 @@ def test_save_load_round_trip_and_validation(tmp_path):
     arrays["quantiles"][2, 0, 5] = -5.0
     np.savez(tmp_path / "t.npz", **arrays)
     with pytest.raises(ValueError, match="pair ja->de: quantile grid is not non-decreasing"):
+        cal.load(tmp_path / "t")
+    # Values a lookup would turn into NaN rewards are refused too, each named.
+    good = dict(np.load(tmp_path / "t.npz"))
+    good["quantiles"][2, 0, 5] = good["quantiles"][2, 0, 4]
+    for key, edit, msg in (("ub", lambda a: a.__setitem__((0, 1), np.nan), r"pair de->en: upper-bound anchor ub=nan"),
+                           ("ub", lambda a: a.__setitem__((1, 0), 0.0), r"pair en->de: upper-bound anchor ub=0.0"),
+                           ("levels", lambda a: a.__imul__(5), r"levels must lie in \[0, 1\], got 0.0 .. 5.0"),
+                           ("mu_ref", None, r"mu_ref=nan is not finite")):
+        arrays = {k: v.copy() for k, v in good.items()}
+        if edit is None:
+            arrays[key] = np.float32(np.nan)
+        else:
+            edit(arrays[key])
+        np.savez(tmp_path / "t.npz", **arrays)
+        with pytest.raises(ValueError, match=msg):
+            cal.load(tmp_path / "t")
+    np.savez(tmp_path / "t.npz", **{k: v for k, v in good.items() if k != "levels"})
+    with pytest.raises(ValueError, match=r"arrays \['levels'\] missing"):
         cal.load(tmp_path / "t")
 
 

@@ -49,6 +49,17 @@ def test_unknown_configured_language_fails_at_start_up():
         lid.LanguageID(("de", "tlh"))
 
 
+def test_every_lid176_label_is_known_and_restrict_never_runs_out():
+    """lid.176 has 176 labels; fastText's threshold 0 prunes those below ~1e-5 from a prediction, which
+    hid 8 of them (Uyghur, Cantonese, ...) from the start-up check and could leave `restrict` with no
+    configured language to pick."""
+    ug = lid.LanguageID(("ug", "yue"))
+    assert len(ug.known) == 176
+    restricted = lid.LanguageID(("de", "fr"), restrict=True)
+    codes, probs, _ = restricted.predict(["这是一个中文句子，讲的是猫坐在垫子上。"])
+    assert codes[0] in ("de", "fr") and 0 <= probs[0] < 1e-3
+
+
 def _mgsm_accuracy(model, mgsm_dir):
     accuracy = {}
     for lang in MGSM_LANGS:

@@ -1,5 +1,6 @@
 """Verifiable answers, reward combination with counted reasons, and the calibration builder."""
 import json
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,6 +19,10 @@ from lrpo_jax.rewards import combine, lid, verifiable
     ("So the answer is 18\n2. Check: ok", 2.0, "last_number"), ("answer: 42\t7 apples", 7.0, "last_number"),
     ("3 5", 5.0, "last_number"), ("il coûte 1 234 euros", 1234.0, "last_number"),
     ("prix : 12\u202f345,5 €", 12345.5, "last_number"), ("1 2345", 2345.0, "last_number"),
+    # a hyphen after a word or number is a dash: ranges, dates and names do not read as negatives
+    ("She read pages 10-12", 12.0, "last_number"), ("am 2024-05-06", 6.0, "last_number"),
+    ("COVID-19", 19.0, "last_number"), ("x = -3", -3.0, "last_number"), ("\\boxed{-7}", -7.0, "boxed"),
+    ("(-4)", -4.0, "last_number"),
 ])
 def test_extract_number(text, value, how):
     assert verifiable.extract_number(text) == (value, how)
@@ -66,6 +71,18 @@ def test_combined_reward_components_and_reasons():
     assert res.reasons["gate/other_language"] == 1 and res.reasons["gate/empty"] == 1
     assert res.reasons["nan_similarity"] == 1 and res.reasons["answer/match_last_number"] == 3
     assert res.reasons["answer/no_number"] == 1
+
+
+def test_calibration_reads_the_reference_to_response_pair_in_that_order():
+    """An asymmetric table: a German question answered in English looks up mean[de, en], not [en, de]."""
+    table = _table().replace(mean=np.array([[0.95, 0.80], [0.90, 0.97]], np.float32))
+    model = combine.RewardModel(_FakeSim(), lid.LanguageID(("de", "en")), table, calibration="mean",
+                                languages=("de", "en"))
+    res = model.score(["Cats answer twenty, so the answer is 20."], ["en"], ["k"], ["Die Lösung ist 20."], ["de"])
+    assert res.components["gate"].tolist() == [1.0]
+    assert res.reward[0] == pytest.approx((0.6 - (0.80 - 0.93) + 1) / 2, abs=1e-5)  # [en, de] would give 0.815
+    cal, _ = calib_lib.mean_calibrate(table, jnp.float32([0.6, 0.6]), jnp.int32([0, 1]), jnp.int32([1, 0]))
+    np.testing.assert_allclose(cal, [(0.6 + 0.13 + 1) / 2, (0.6 + 0.03 + 1) / 2], atol=1e-6)
 
 
 @pytest.mark.parametrize("gate", ["hard", "none"])
@@ -144,6 +161,15 @@ def test_builder_samples_and_held_out_diagnostic():
     assert calibrate._auc(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == pytest.approx(0.875)
 
 
+def test_a_table_built_at_another_max_length_is_a_warning(caplog):
+    from lrpo_jax import trainer
+    table = _table().replace(provenance=json.dumps({"encoder": "e", "pooling": "mean", "max_length": 128}))
+    trainer.check_table_encoder(table, "e", "mean", "t.npz", max_length=128)
+    assert not caplog.records
+    trainer.check_table_encoder(table, "e", "mean", "t.npz", max_length=512)
+    assert "t.npz was built with max_length=128 and this run embeds with reward.max_length=512" in caplog.text
+
+
 def test_a_table_built_for_another_encoder_or_pooling_is_refused():
     from lrpo_jax import trainer
     table = _table().replace(provenance=json.dumps({"encoder": "shipped:e5_small", "pooling": "mean"}))
@@ -154,7 +180,7 @@ def test_a_table_built_for_another_encoder_or_pooling_is_refused():
     with pytest.raises(ValueError, match="reward.pooling='cls'"):
         trainer.check_table_encoder(table, "shipped:e5_small", "cls", "t.npz")
     old = _table().replace(provenance=json.dumps({"encoder": "shipped:e5_small"}))  # before pooling was recorded
-    trainer.check_table_encoder(old, "shipped:e5_small", "mean", "t.npz")
+    trainer.check_table_encoder(old, "shipped:e5_small", "mean", "t.npz", max_length=512)
 
 
 def test_embedding_cache_is_keyed_by_the_encoder_setup(tmp_path):
@@ -171,6 +197,11 @@ def test_embedding_cache_is_keyed_by_the_encoder_setup(tmp_path):
     for key, calls in (("e5|mean|512", 2), ("e5|mean|512", 2), ("e5|cls|512", 4)):
         calibrate.embed_answers(Counting(), items, ("de", "en"), tmp_path, progress=False, model_key=key)
         assert Counting.calls == calls, key  # same set-up: read from the cache; other pooling: re-embedded
+    # Data fixed in place (same ids, another answer) is re-embedded for the language it changed in.
+    import dataclasses
+    items["b"]["de"] = dataclasses.replace(items["b"]["de"], answer="a corrected answer")
+    calibrate.embed_answers(Counting(), items, ("de", "en"), tmp_path, progress=False, model_key="e5|cls|512")
+    assert Counting.calls == 5
 
 
 def test_same_language_equivalents_from_paraphrase_rows():

@@ -68,3 +68,23 @@ def test_similarity_rowwise_and_reference_cache(model):
         cache.get(["q9", "q9"], [TEXTS[0], TEXTS[1]])
     with pytest.raises(ValueError, match="equal-length"):
         model.similarity(["a"], ["b", "c"])
+    # Overflow drops old entries, never the ones this call is about to return.
+    small = ReferenceCache(model, max_entries=3)
+    small.get(["a", "b"], TEXTS[:2])
+    got = small.get(["a", "c", "d"], [TEXTS[0], TEXTS[2], TEXTS[3]])
+    np.testing.assert_allclose(got, e[[0, 2, 3]], atol=1e-5)
+    assert len(small) == 3
+
+
+def test_only_e5_checkpoints_get_the_query_prefix(tmp_path):
+    import json
+    from lrpo_jax.models import shipped
+    from lrpo_jax.rewards.similarity import is_e5
+    assert is_e5(shipped.e5_small_dir())
+    for name, named_as, want in (("xlm-roberta-base", "", False), ("LaBSE", "sentence-transformers/LaBSE", False),
+                                 ("enc", "intfloat/multilingual-e5-large", True), ("e5-base-v2", "", True),
+                                 ("bge-m3", "BAAI/bge-m3", False), ("de5x", "", False)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({"_name_or_path": named_as}))
+        assert is_e5(tmp_path / name) == want, name
+

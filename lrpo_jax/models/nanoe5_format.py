@@ -213,6 +213,7 @@ def hf_config(hyper: E5Hyper, vocab: E5Vocab) -> dict:
     pad_token_id + 1, so the table grows by pad + 1 rows in front (see `hf_state_dict`).
     """
     return {
+        "_name_or_path": "intfloat/multilingual-e5-small",  # names the model: e5 wants "query: " prefixes
         "architectures": ["XLMRobertaModel"], "model_type": "xlm-roberta",
         "vocab_size": hyper.vocab_size, "hidden_size": hyper.hidden, "num_hidden_layers": hyper.layers,
         "num_attention_heads": hyper.heads, "intermediate_size": hyper.intermediate, "hidden_act": "gelu",

@@ -331,6 +331,9 @@ def load(path: str | pathlib.Path) -> CalibrationTable:
     with np.load(npz_path) as f:
         arrays = {k: f[k] for k in f.files}
     n_l = len(langs)
+    absent = [k for k in ("mean", "ub", "counts", "present", "quantiles", "levels", "mu_ref") if k not in arrays]
+    if absent:
+        raise ValueError(f"invalid calibration table {path}: arrays {absent} missing")
     problems = []
     for key, shape in (("mean", (n_l, n_l)), ("ub", (n_l, n_l)), ("counts", (n_l, n_l)), ("present", (n_l, n_l))):
         if arrays[key].shape != shape:
@@ -345,8 +348,15 @@ def load(path: str | pathlib.Path) -> CalibrationTable:
                 problems.append(f"pair {pair}: non-finite values")
             elif np.any(np.diff(q[a, b]) < 0):
                 problems.append(f"pair {pair}: quantile grid is not non-decreasing")
-        if np.any(np.diff(arrays["levels"]) < 0):
+            if not (np.isfinite(arrays["ub"][a, b]) and arrays["ub"][a, b] > 0):  # quantile lookups divide by it
+                problems.append(f"pair {pair}: upper-bound anchor ub={arrays['ub'][a, b]} is not a positive number")
+        lv = arrays["levels"]
+        if not (np.isfinite(lv).all() and lv.min(initial=0.0) >= 0 and lv.max(initial=0.0) <= 1):
+            problems.append(f"levels must lie in [0, 1], got {lv.min(initial=0.0)} .. {lv.max(initial=0.0)}")
+        elif np.any(np.diff(lv) < 0):
             problems.append("levels are not non-decreasing")
+        if not np.isfinite(arrays["mu_ref"]):
+            problems.append(f"mu_ref={arrays['mu_ref']} is not finite")
     if problems:
         raise ValueError(f"invalid calibration table {path}: " + "; ".join(problems[:10]))
     return CalibrationTable(mean=jnp.asarray(arrays["mean"]), quantiles=jnp.asarray(q),

@@ -57,8 +57,8 @@ class LanguageID:
             raise FileNotFoundError(f"language-ID model not found: {path}")
         self.model = fasttext.load_model(str(path))
         # All labels the model knows, from one full-width prediction (the predict-only package
-        # has no label listing).
-        everything = self.model.f.predict("a\n", 1000, 0.0, "strict")
+        # has no label listing). Threshold -1: at 0 fastText drops labels below ~1e-5 (8 of 176).
+        everything = self.model.f.predict("a\n", 1000, -1.0, "strict")
         self.known = {self._code(label) for _, label in everything}
         missing = [c for c in languages if c not in self.known]
         if missing:
@@ -83,7 +83,7 @@ class LanguageID:
                 continue
             if self.restrict:
                 p, code = next(((p, c) for p, c in ((p, self._code(lb)) for p, lb in
-                                self.model.f.predict(text + "\n", 1000, 0.0, "strict")) if c in self.languages))
+                                self.model.f.predict(text + "\n", 1000, -1.0, "strict")) if c in self.languages))
             else:
                 (p, label), = self.model.f.predict(text + "\n", 1, 0.0, "strict")
                 code = self._code(label)
@@ -99,7 +99,7 @@ class LanguageID:
             text = normalize(raw)
             if text is None:
                 continue
-            for p, label in self.model.f.predict(text + "\n", 1000, 0.0, "strict"):
+            for p, label in self.model.f.predict(text + "\n", 1000, -1.0, "strict"):
                 if self._code(label) == tgt:
                     out[i] = p
                     break

@@ -9,7 +9,10 @@ step's distinct references once.
 """
 from __future__ import annotations
 
+import json
 import os
+import pathlib
+import re
 from typing import Hashable, Sequence
 
 import jax
@@ -56,9 +59,9 @@ class SimilarityModel:
         from lrpo_jax.models import encoder_import
         cfg, params = encoder_import.load_encoder(folder)
         tokenizer = AutoTokenizer.from_pretrained(os.fspath(folder))
-        if cfg.family == "xlmr" and "prefix" not in kwargs:
+        if "prefix" not in kwargs and is_e5(folder):
             # multilingual-e5 is trained with prefixes; "query: " on both sides is its recipe for
-            # symmetric similarity. mmBERT (the reference's encoder) takes raw text.
+            # symmetric similarity. mmBERT (the reference's encoder), XLM-R, LaBSE take raw text.
             kwargs["prefix"] = "query: "
         return cls(cfg, params, tokenizer, **kwargs)
 
@@ -77,6 +80,9 @@ class SimilarityModel:
         return self._embed._cache_size()  # <= 2 batch sizes x len(length_buckets)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids with the prefix, cut to max_length (the end of a longer text, "</s>" kept, is not
+        scored: as in the reference; raise reward.max_length, up to the encoder's positions, if
+        responses run longer)."""
         texts = [self.prefix + str(t).strip() for t in texts]
         enc = self.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=self.max_length)
         return enc["input_ids"]
@@ -112,6 +118,16 @@ class SimilarityModel:
         return np.einsum("nd,nd->n", ea, eb)
 
 
+def is_e5(folder: str | os.PathLike) -> bool:
+    """An (m)e5 checkpoint, by its folder name or config `_name_or_path` ("multilingual-e5-small",
+    "intfloat/e5-base-v2"): the encoders that expect a "query: " / "passage: " prefix."""
+    config = pathlib.Path(folder) / "config.json"
+    names = [pathlib.Path(folder).resolve().name]
+    if config.is_file():
+        names.append(str(json.loads(config.read_text()).get("_name_or_path", "")))
+    return any(re.search(r"(?<![a-z0-9])e5(?![a-z0-9])", n.lower()) for n in names)
+
+
 class ReferenceCache:
     """Embeddings of reference answers, computed once per key (e.g. the prompt's id).
 
@@ -136,7 +152,8 @@ class ReferenceCache:
                 missing[k] = t
         if missing:
             if len(self._cache) + len(missing) > self.max_entries:
-                self._cache.clear()  # bounded memory on huge datasets; recomputing is cheap
+                # Bounded memory on huge datasets (recomputing is cheap), keeping this call's hits.
+                self._cache = {k: self._cache[k] for k in dict.fromkeys(keys) if k in self._cache}
             for (k, t), e in zip(missing.items(), self.model.embed(list(missing.values()))):
                 self._cache[k] = (t, e)
         return np.stack([self._cache[k][1] for k in keys])

@@ -6,7 +6,7 @@ ASCII first. Separators are read per number: "1,234.5" and "1.234,5" are both 12
 separator followed by exactly three digits ("1,234" / "1.234") is a thousands separator, otherwise
 a decimal mark ("0,3" = 0.3) — the convention of the GSM data in every language we ship. A space
 (or a no-break/thin space) groups digits only when exactly three follow ("1 234" = 1234): "3 5" and
-"18\n2." are two numbers each.
+"18\n2." are two numbers each. A hyphen right after a word or number is a dash, not a minus sign.
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ _DIGIT_BLOCKS = (0x0660, 0x06F0, 0x0966, 0x09E6, 0x0E50, 0x0C66, 0xFF10)  # zero
 _TRANSLATE = {zero + d: str(d) for zero in _DIGIT_BLOCKS for d in range(10)}
 _TRANSLATE.update({ord("\u066b"): ".", ord("\u066c"): ",", ord("\uff0c"): ",", ord("\uff0e"): ".",
                    ord("\u2212"): "-", ord("\u00a0"): " ", ord("\u202f"): " ", ord("\u2009"): " "})
-_NUMBER = re.compile(r"-?\d+(?:[.,]\d+| \d{3}(?!\d))*")
+# A minus sign only where no word or number precedes it: "pages 10-12", "2024-05-06" and "COVID-19"
+# hold dashes, not negative numbers.
+_NUMBER = re.compile(r"(?:(?<![\w.,])-)?\d+(?:[.,]\d+| \d{3}(?!\d))*")
 _BOXED = re.compile(r"\\boxed\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}")
 
 
