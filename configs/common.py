@@ -99,7 +99,10 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.rl.kl_type = "low_var_kl"
     c.rl.entropy_coef = 0.0
     c.rl.loss_agg = "token-mean"
-    c.rl.global_token_mean = True            # False: verl 0.5 per-micro-batch mean
+    # Deviation from the reference, on purpose: one loss denominator over the whole mini-batch (Tunix,
+    # newer verl), so the update does not depend on micro_batch or the device count. False: verl 0.5's
+    # mean of per-micro-batch losses (our micro-batches span all devices; verl's are per GPU).
+    c.rl.global_token_mean = True
     c.rl.micro_batch = 8                     # rows per gradient-accumulation micro-batch
     # Recompute each chunk's [rows, 64, vocab] logits in the backward pass (memory-safe default).
     # False keeps a micro-batch's logits (micro_batch x max_new_tokens x vocab x 4 bytes) and skips
@@ -114,7 +117,7 @@ def get_base_config() -> ml_collections.ConfigDict:
     c.optim.weight_decay = 0.01
     c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.999, 1e-8
     c.optim.grad_clip = 1.0
-    c.optim.warmup_steps = 0
+    c.optim.warmup_steps = 0                 # linear warm-up, in optimizer steps (mini_batches x ppo_epochs a step)
 
     # --- logging and checkpoints ----------------------------------------------------------------
     c.log = ml_collections.ConfigDict()

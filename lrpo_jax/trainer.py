@@ -202,6 +202,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
 # Settings a checkpoint's arrays depend on: the policy's shapes and the router's vocabularies (a
 # different language list of the same length would silently relabel the learned A/B columns).
 RESUME_FIXED = ("policy", "router.languages", "router.topics", "router.regions", "router.regional_topics")
+# Zero vs non-zero changes the optimizer state's structure (a clipping / schedule-count stage), which
+# the checkpoint could not be restored into: refused like RESUME_FIXED; other values may change.
+RESUME_ON_OFF = ("optim.warmup_steps", "optim.grad_clip")
 
 
 def _flat(tree, prefix=""):
@@ -219,7 +222,8 @@ def check_resume_config(workdir: pathlib.Path, cfg, fixed_keys=RESUME_FIXED, rep
         return {}
     old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(cfg.to_json_best_effort()))
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-    fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in fixed_keys)]
+    fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in fixed_keys)
+             or (k in RESUME_ON_OFF and bool(changed[k][0]) != bool(changed[k][1]))]
     if fixed:
         raise ValueError(f"{workdir} holds checkpoints of another set-up: "
                          + "; ".join(f"config.{k} was {changed[k][0]!r}, now {changed[k][1]!r}" for k in fixed)

@@ -47,7 +47,13 @@ def test_smoke_run_writes_checkpoints_logs_and_router_jsonl(uninterrupted):
     rows = _metrics(workdir)
     assert set(rows) == {1, 2, 3} and rows[3]["compiles"] == rows[2]["compiles"]  # no recompiles after warm-up
     assert rows[1]["shape/new_bucket"] == 1.0 and "shape/prompt_bucket" in rows[3]
-    assert "reward/lang/de" in rows[1] or "reward/lang/ja" in rows[1]
+    step1 = [r for r in _rollouts(workdir) if r["step"] == 1]
+    for lang in {r["routed_language"] for r in step1}:  # per routed language: its rollouts' mean and share
+        mine = [r["reward"] for r in step1 if r["routed_language"] == lang]
+        assert rows[1][f"reward/lang/{lang}"] == pytest.approx(np.mean(mine), abs=1e-4), lang
+        assert rows[1][f"routed/lang/{lang}"] == pytest.approx(len(mine) / len(step1)), lang
+    routed = {f"routed/lang/{r['routed_language']}" for r in step1}
+    assert {k for k in rows[1] if k.startswith("routed/lang/")} == routed
     assert int(out["state"].router.updates) == 1  # update_every=2 over 3 steps
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     from tensorboard.backend.event_processing import event_accumulator
@@ -79,6 +85,7 @@ def test_exact_resume_after_sigkill(uninterrupted, tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
     resumed = trainer.train(_smoke("steps=3,online=0.5"), str(tmp_path))
+    assert jax.tree.structure(full["state"]) == jax.tree.structure(resumed["state"])
     for a, b in zip(jax.tree.leaves(full["state"]), jax.tree.leaves(resumed["state"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     want, got = _metrics(full_dir), _metrics(tmp_path)
@@ -233,6 +240,15 @@ def test_resume_refuses_another_set_up_and_reports_other_changes(tmp_path):
     deeper.policy.overrides = {**deeper.policy.overrides, "num_layers": 3}
     with pytest.raises(ValueError, match=r"config.policy.overrides.num_layers was 2, now 3"):
         trainer.check_resume_config(tmp_path, deeper)
+    # Warm-up or clipping switched on or off: another optimizer state structure. Other values may change.
+    for key, value in (("warmup_steps", 5), ("grad_clip", 0.0)):
+        other = _smoke()
+        setattr(other.optim, key, value)
+        with pytest.raises(ValueError, match=rf"config.optim.{key} was .*, now {value}"):
+            trainer.check_resume_config(tmp_path, other)
+    softer = _smoke()
+    softer.optim.grad_clip = 0.5
+    assert trainer.check_resume_config(tmp_path, softer) == {"optim.grad_clip": (1.0, 0.5)}
 
 
 def test_a_stopped_run_exits_as_killed_by_its_signal():
