@@ -130,8 +130,9 @@ class Settings:
 @functools.partial(jax.jit, static_argnames=("settings",))
 def simulate(arrays: dict[str, jax.Array], state: router.RouterState, key, *, settings: Settings):
     """Runs `settings.steps` steps. Returns the final state and per-step traces:
-    probs [S, C, L] (effective routing distribution of each cell after the step), A [S, T, L],
-    B [S, G, L], regret [S] (summed over routed rollouts), routed [S] (their count), tau/eps [S]."""
+    probs [S, C, L] (effective routing distribution of each cell after the step, at the next step's
+    tau/eps [S], as the trainer's router.jsonl), A [S, T, L], B [S, G, L], regret [S] (summed over
+    routed rollouts), routed [S] (their count)."""
     num_g = state.B.shape[0]
     cell_mh = jax.nn.one_hot(jnp.maximum(arrays["region"], 0), num_g) * (arrays["region"] >= 0)[:, None]
 
@@ -162,8 +163,11 @@ def simulate(arrays: dict[str, jax.Array], state: router.RouterState, key, *, se
         routed = (jnp.arange(settings.K) >= settings.K_on)[None, :] & ~fixed[:, None]
         best = arrays["quality"][cell, arrays["best"][cell]]
         regret = jnp.sum(jnp.where(routed, best[:, None] - quality, 0.0))
-        probs = router.probabilities(state, arrays["topic"], cell_mh, arrays["regional_mask"], tau, eps)[1]
-        trace = dict(probs=probs, A=state.A, B=state.B, regret=regret, routed=routed.sum(), tau=tau, eps=eps)
+        # After the update, at the next step's tau/eps: what the next step routes with, as the trainer logs.
+        tau_next = router.schedule(state.step, arrays["tau_init"], arrays["tau_min"], arrays["tau_decay"])
+        eps_next = router.schedule(state.step, arrays["eps_init"], arrays["eps_min"], arrays["eps_decay"])
+        probs = router.probabilities(state, arrays["topic"], cell_mh, arrays["regional_mask"], tau_next, eps_next)[1]
+        trace = dict(probs=probs, A=state.A, B=state.B, regret=regret, routed=routed.sum(), tau=tau_next, eps=eps_next)
         return state, trace
 
     return jax.lax.scan(step, state, jax.random.split(key, settings.steps))

@@ -31,6 +31,9 @@ def test_clean_world_converges_to_the_best_arm_in_every_cell(results):
         assert v["best_prob"] > 0.8, (cell, v)
     assert m["cumulative_regret"] < 0.35 * m["uniform_cumulative_regret"]
     assert m["final_regret_per_rollout"] < 0.1 * m["uniform_regret_per_rollout"]
+    # Traced probabilities are after step s at the next step's tau, like the trainer's router.jsonl.
+    tau = np.asarray(results["clean"]["trace"]["tau"])
+    np.testing.assert_allclose(tau[:3], [0.99, 0.99 ** 2, 0.99 ** 3], rtol=1e-6)
 
 
 def test_reference_min_count_plateaus_lower(results):
