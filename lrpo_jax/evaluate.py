@@ -1,7 +1,7 @@
 """Evaluation CLI: math exact match + language compliance, reference answers, multiple choice.
 
     python -m lrpo_jax.evaluate --config configs/evaluate.py --checkpoint runs/demo --out runs/demo/eval
-    python -m lrpo_jax.evaluate --config configs/evaluate.py:mgsm=../shared/data/mgsm,items=20 \\
+    python -m lrpo_jax.evaluate --config configs/evaluate.py:mgsm=../shared/data/mgsm,n=20 \\
         --baseline --checkpoint runs/demo --hf_dir runs/warm/hf --out runs/compare
     python -m lrpo_jax.evaluate --judge_grades grades.jsonl --out runs/demo/eval   # import judge replies
 
@@ -45,6 +45,7 @@ class Candidate:
     params: Any
     tokenizer: Any
     prompt_mode: str        # the mode the model was trained with ("" = unknown)
+    chat_template: str = ""  # its prompt.chat_template in training ("" = unknown)
 
 
 def _config_json(folder: pathlib.Path) -> dict:
@@ -56,7 +57,10 @@ def _config_json(folder: pathlib.Path) -> dict:
 
 
 def _train_workdir(path: str, hf_usage: str = "--hf_dir {}") -> tuple[pathlib.Path, int | None]:
+    given = path
     path, _, step = path.partition("@")
+    if step and not step.isdigit():
+        raise ValueError(f"--checkpoint {given}: the part after '@' must be a step number (DIR@STEP), got {step!r}")
     wd = pathlib.Path(path)
     if not (wd / "config.json").exists() and (wd.parent / "config.json").exists():
         wd = wd.parent  # the checkpoints/ folder itself was given
@@ -82,8 +86,9 @@ def check_hf_folder(folder: str, given: str = "", fix: str = "--checkpoint {}") 
                          f"with a 'policy' section), not a Hugging Face model folder: pass it as {fix.format(folder)}")
 
 
-def restore_policy(workdir: str, mesh=None, hf_usage: str = "--hf_dir {}") -> Candidate:
-    """The policy of a training workdir's latest (or `@STEP`) checkpoint, restored onto `mesh`.
+def restore_policy(workdir: str, mesh=None, hf_usage: str = "--hf_dir {}", name: str = "") -> Candidate:
+    """The policy of a training workdir's latest (or `@STEP`) checkpoint, restored onto `mesh`, named
+    `<name or the workdir's name>@<step>`.
 
     Reads the step counter and the params only, not the optimizer state or the router. `hf_usage`
     is the caller's flag for a Hugging Face folder, named when one is given here by mistake."""
@@ -99,24 +104,38 @@ def restore_policy(workdir: str, mesh=None, hf_usage: str = "--hf_dir {}") -> Ca
     ckpt = checkpoint.Checkpointer(wd / "checkpoints", async_save=False)
     state = ckpt.restore_fields(abstract, step)
     ckpt.close()
-    name = f"{wd.name}@{int(state['step'])}"
-    return Candidate(name, dcfg, graphdef, state["params"], tokenizer, tcfg.prompt.mode)
+    return Candidate(f"{name or wd.name}@{int(state['step'])}", dcfg, graphdef, state["params"], tokenizer,
+                     tcfg.prompt.mode, tcfg.prompt.get("chat_template", ""))
 
 
-def load_hf(folder: str, ecfg, mesh) -> Candidate:
+def load_hf(folder: str, ecfg, mesh, name: str = "") -> Candidate:
     check_hf_folder(folder)
     pol = ml_collections.ConfigDict(dict(source=f"hf:{folder}", dtype=ecfg.policy.dtype,
                                          param_dtype=ecfg.policy.param_dtype, remat=False, random_init=False,
                                          overrides={}))
-    from lrpo_jax import policy as policy_lib
-    return _from_policy_config(pol, pathlib.Path(folder).name, policy_lib.taught_prompt_mode(folder), mesh)
+    return _from_policy_config(pol, name or pathlib.Path(folder).name, mesh)
 
 
-def _from_policy_config(pol, name, mode, mesh, seed: int = 0) -> Candidate:
+def _from_policy_config(pol, name, mesh, seed: int = 0) -> Candidate:
+    """A policy config's model, with the prompt settings a warm-start export records (PROMPT_FILE)."""
     from lrpo_jax import parallel, policy as policy_lib
     dcfg, graphdef, params, tokenizer = policy_lib.load_policy(pol, seed)
     params = jax.device_put(params, parallel.param_shardings(params, mesh))
-    return Candidate(name, dcfg, graphdef, params, tokenizer, mode)
+    taught = policy_lib.taught_prompt(pol.source)
+    return Candidate(name, dcfg, graphdef, params, tokenizer, taught["mode"], taught["chat_template"])
+
+
+def unique_labels(paths: Sequence[pathlib.Path]) -> list[str]:
+    """Each path's shortest trailing part that no other path shares: names in the results tables
+    ('hf' twice becomes 'warmA/hf' and 'warmB/hf'); the same path twice keeps its name."""
+    parts = [pathlib.Path(p).expanduser().resolve().parts for p in paths]
+    labels = []
+    for i, p in enumerate(parts):
+        depth = 1
+        while depth < len(p) and any(q != p and q[-depth:] == p[-depth:] for q in parts):
+            depth += 1
+        labels.append("/".join(p[-depth:]))
+    return labels
 
 
 # ==================================================================================================
@@ -323,6 +342,10 @@ def validate(ecfg) -> None:
         raise ValueError("config.tasks includes 'mc' but config.mc.path is empty")
     if ecfg.batch_size <= 0:
         raise ValueError(f"config.batch_size={ecfg.batch_size} must be positive")
+    from lrpo_jax import policy as policy_lib
+    policy_lib.check_prompt_settings(ecfg.prompt)
+    if ecfg.mc.scoring not in ("letter", "text"):
+        raise ValueError(f"config.mc.scoring={ecfg.mc.scoring!r}; expected 'letter' or 'text'")
     if ecfg.math.answer_language not in ("", "question"):  # a bad forced language fails before any model loads
         _targets(None, ecfg.math.answer_language)
 
@@ -337,7 +360,7 @@ def get_schema() -> ml_collections.ConfigDict:
 def evaluate(ecfg, *, checkpoints: Sequence[str] = (), hf_dirs: Sequence[str] = (), baseline: bool = False,
              out: str | None = None) -> list[dict]:
     """Evaluates every model on every configured task; writes the tables to `out` if given."""
-    from lrpo_jax import parallel
+    from lrpo_jax import parallel, policy as policy_lib
     from lrpo_jax.data.prompts import PromptBuilder
     from lrpo_jax.rewards.lid import LanguageID
     validate(ecfg)
@@ -347,19 +370,31 @@ def evaluate(ecfg, *, checkpoints: Sequence[str] = (), hf_dirs: Sequence[str] = 
         raise ValueError(f"config.batch_size={ecfg.batch_size} must be a multiple of the {data_par} data-parallel "
                          f"devices of config.mesh")
     langs = tuple(ecfg.languages)
-    loaders = [(lambda c=c: restore_policy(c, mesh)) for c in checkpoints]
-    loaders += [(lambda h=h: load_hf(h, ecfg, mesh)) for h in hf_dirs]
+    if out:
+        from lrpo_jax.checkpoint import local_workdir
+        local_workdir(out, "--out")  # a URL would become a local 'gs:' folder
+    # Models with the same folder name (every warm-start export is WORKDIR/hf) get their parents' names.
+    labels = unique_labels([_train_workdir(c)[0] for c in checkpoints] + [pathlib.Path(h) for h in hf_dirs])
+    loaders = [(lambda c=c, n=n: restore_policy(c, mesh, name=n)) for c, n in zip(checkpoints, labels)]
+    loaders += [(lambda h=h, n=n: load_hf(h, ecfg, mesh, name=n)) for h, n in zip(hf_dirs, labels[len(checkpoints):])]
     if baseline or not loaders:
-        loaders.insert(0, lambda: _from_policy_config(ecfg.policy, "base", "", mesh))
+        loaders.insert(0, lambda: _from_policy_config(ecfg.policy, "base", mesh))
 
-    # Items and scorers are shared by all models.
+    # Items and scorers are shared by all models; rows in other languages are counted, not dropped unseen.
     items = {}
     if "math" in ecfg.tasks:
         items["math"] = tasks.math_items(ecfg.math.source, langs, ecfg.math.path, ecfg.max_items)
-    if "reference" in ecfg.tasks:
-        items["reference"] = tasks.reference_items(ecfg.reference.path, langs, ecfg.max_items)
-    if "mc" in ecfg.tasks:
-        items["mc"] = tasks.mc_items(ecfg.mc.path, langs, ecfg.max_items)
+    for task, read, path in (("reference", tasks.reference_items, ecfg.reference.path),
+                             ("mc", tasks.mc_items, ecfg.mc.path)):
+        if task in ecfg.tasks:
+            skipped = {}
+            items[task] = read(path, langs, ecfg.max_items, skipped=skipped)
+            if skipped:
+                print(f"{task}: {sum(skipped.values())} row(s) of {path} in languages outside config.languages "
+                      f"skipped: {dict(sorted(skipped.items()))}", flush=True)
+            if not items[task]:
+                raise ValueError(f"{task}: no rows of {path} are in config.languages {list(langs)} (the file has "
+                                 f"{sorted(skipped)}): set the languages, e.g. configs/evaluate.py:langs=zh+hi")
     targets = set(langs) | {t for it in items.get("math", []) for t in _targets(it, ecfg.math.answer_language)}
     lid = LanguageID(sorted(targets | {it.language for v in items.values() for it in v}))
     rewards = _reference_rewards(ecfg, lid) if "reference" in items else None
@@ -368,10 +403,11 @@ def evaluate(ecfg, *, checkpoints: Sequence[str] = (), hf_dirs: Sequence[str] = 
     key = jax.random.key(ecfg.seed)
     for load in loaders:
         cand = load()
-        mode = ecfg.prompt.mode if ecfg.prompt.mode != "auto" else (cand.prompt_mode or "fewshot")
-        builder = PromptBuilder(cand.tokenizer, mode=mode, chat_template=ecfg.prompt.chat_template)
+        mode, chat = policy_lib.prompt_settings(ecfg.prompt.mode, ecfg.prompt.chat_template, cand.prompt_mode,
+                                                cand.chat_template)
+        builder = PromptBuilder(cand.tokenizer, mode=mode, chat_template=chat)
         runner = Runner(cand, ecfg, mesh, programs)
-        print(f"evaluating {cand.name} (prompt mode {mode!r})", flush=True)
+        print(f"evaluating {cand.name} (prompt mode {mode!r}, chat template {chat!r})", flush=True)
         if "math" in items:
             records += eval_math(runner, builder, lid, items["math"], ecfg, key, log)
         if "reference" in items:

@@ -46,18 +46,44 @@ def load_policy(cfg, seed: int = 0, *, abstract: bool = False):
     return dcfg, graphdef, params, tokenizer
 
 
-PROMPT_FILE = "lrpo_prompt.json"  # written beside a warm-start export: the prompt mode it was taught
+PROMPT_FILE = "lrpo_prompt.json"  # written beside a warm-start export: the prompt it was taught with
 
 
-def taught_prompt_mode(source: str) -> str:
-    """The prompt mode a warm-start export (`hf:<folder>`) was taught, from its PROMPT_FILE; '' if none."""
+def taught_prompt(source: str) -> dict[str, str]:
+    """{"mode", "chat_template"} a warm-start export (`hf:<folder>`) was taught with, from its
+    PROMPT_FILE; '' for what it does not record (no file, or one written before chat_template)."""
     import json
     import pathlib
     if source.startswith("shipped:"):
-        return ""
+        return {"mode": "", "chat_template": ""}
     folder = pathlib.Path(source.split(":", 1)[1] if source.startswith("hf:") else source).expanduser()
     f = folder / PROMPT_FILE
-    return json.loads(f.read_text())["mode"] if f.is_file() else ""
+    saved = json.loads(f.read_text()) if f.is_file() else {}
+    return {"mode": saved.get("mode", ""), "chat_template": saved.get("chat_template", "")}
+
+
+def taught_prompt_mode(source: str) -> str:
+    return taught_prompt(source)["mode"]
+
+
+def check_prompt_settings(prompt, where: str = "config.prompt") -> None:
+    """evaluate/sample settings, before any model loads: mode 'auto' | a mode, chat_template
+    'trained' | a chat-template setting."""
+    from lrpo_jax.data.prompts import CHAT_TEMPLATES, MODES as PROMPT_MODES
+    if prompt.mode not in ("auto",) + PROMPT_MODES:
+        raise ValueError(f"{where}.mode={prompt.mode!r}; expected auto (the model's training mode) or one of "
+                         f"{PROMPT_MODES}")
+    if prompt.chat_template not in ("trained",) + CHAT_TEMPLATES:
+        raise ValueError(f"{where}.chat_template={prompt.chat_template!r}; expected trained (the model's training "
+                         f"setting) or one of {CHAT_TEMPLATES}")
+
+
+def prompt_settings(mode: str, chat_template: str, taught_mode: str, taught_chat: str) -> tuple[str, str]:
+    """What evaluate/sample prompt a model with: config prompt.mode 'auto' and prompt.chat_template
+    'trained' (their defaults) take the model's training settings (few-shot and 'auto' when
+    unknown: the base policy); any other value is used as given."""
+    return (taught_mode or "fewshot") if mode == "auto" else mode, \
+        (taught_chat or "auto") if chat_template == "trained" else chat_template
 
 
 def eos_ids(dcfg, tokenizer) -> tuple[int, ...]:

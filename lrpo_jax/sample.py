@@ -55,6 +55,10 @@ def sample(cfg, *, prompts=(), prompts_file=None, checkpoint=None, out=None) -> 
     from lrpo_jax.sampling.sampler import Sampler, SamplerSpec
     # Bad languages and swapped model folders fail here, before a model is loaded.
     languages = [language_code(c, "config.languages (configs/sample.py:lang=...)") for c in cfg.languages]
+    policy_lib.check_prompt_settings(cfg.prompt)
+    if out:
+        from lrpo_jax.checkpoint import local_workdir
+        local_workdir(out, "--out")
     questions = load_questions(cfg, prompts, prompts_file)
     source = cfg.policy.source
     if not checkpoint and not source.startswith("shipped:"):
@@ -64,13 +68,12 @@ def sample(cfg, *, prompts=(), prompts_file=None, checkpoint=None, out=None) -> 
     if checkpoint:
         cand = evaluate.restore_policy(checkpoint, mesh, hf_usage="--config.policy.source=hf:{}")
     else:
-        # A warm-start export remembers the prompt mode it was taught, as `evaluate` reads it too.
-        cand = evaluate._from_policy_config(cfg.policy, "policy", policy_lib.taught_prompt_mode(cfg.policy.source),
-                                            mesh, cfg.seed)
-    mode = cand.prompt_mode or cfg.prompt.mode
-    if mode != cfg.prompt.mode:
-        print(f"prompt mode {mode!r}: the one this policy was trained with (config.prompt.mode={cfg.prompt.mode!r})")
-    builder = PromptBuilder(cand.tokenizer, mode=mode, chat_template=cfg.prompt.chat_template)
+        # A warm-start export remembers the prompt it was taught with, as `evaluate` reads it too.
+        cand = evaluate._from_policy_config(cfg.policy, "policy", mesh, cfg.seed)
+    mode, chat = policy_lib.prompt_settings(cfg.prompt.mode, cfg.prompt.chat_template, cand.prompt_mode,
+                                            cand.chat_template)
+    print(f"prompt mode {mode!r}, chat template {chat!r}", flush=True)
+    builder = PromptBuilder(cand.tokenizer, mode=mode, chat_template=chat)
     jobs = []
     for row in questions:
         targets = [row["target"]] if row.get("target") else languages
@@ -103,7 +106,7 @@ def sample(cfg, *, prompts=(), prompts_file=None, checkpoint=None, out=None) -> 
     tokens = int(result.lengths.sum())
     length = buckets.pick_bucket(max(map(len, ids)), tuple(cfg.prompt_buckets)) + cfg.max_new_tokens
     stats = {"prompts": len(ids), "generated_tokens": tokens, "first_call_s": round(first, 2),
-             "tokens_per_s": round(tokens / warm, 1), "kv_cache_mb": round(kv_cache_bytes(cand.dcfg, batch, length) / 2**20, 1),
+             "tokens_per_s": round(tokens / warm, 1), "kv_cache_mb": round(kv_cache_bytes(cand.dcfg, batch, length, jax.numpy.dtype(cand.dcfg.dtype).itemsize) / 2**20, 1),
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
              "compliance": float(np.mean([r["lid_language"] == r["requested_language"] for r in records]))}
     print(json.dumps(stats), flush=True)

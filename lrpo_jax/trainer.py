@@ -245,11 +245,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     lead = jax.process_index() == 0
     validate(cfg, jax.device_count())
-    taught = policy_lib.taught_prompt_mode(cfg.policy.source)
-    if taught and taught != cfg.prompt.mode:  # a tag-taught policy prompted few-shot learns from noise
-        raise ValueError(f"config.policy.source={cfg.policy.source} is a warm-start export taught with prompt mode "
-                         f"{taught!r} (its {policy_lib.PROMPT_FILE}), but config.prompt.mode={cfg.prompt.mode!r}: pass "
-                         f"--config.prompt.mode={taught} (or delete that file to train with another mode)")
+    taught = policy_lib.taught_prompt(cfg.policy.source)
+    for key in ("mode", "chat_template"):  # a tag-taught policy prompted few-shot learns from noise
+        if taught[key] and taught[key] != cfg.prompt[key]:
+            raise ValueError(f"config.policy.source={cfg.policy.source} is a warm-start export taught with "
+                             f"prompt.{key}={taught[key]!r} (its {policy_lib.PROMPT_FILE}), but config.prompt.{key}="
+                             f"{cfg.prompt[key]!r}: pass --config.prompt.{key}={taught[key]} (or delete that file to "
+                             f"train with other prompts)")
     mesh = parallel.make_mesh(tuple(tuple(a) for a in cfg.mesh))
     parallel.log_mesh(mesh)
     compiles = metrics_lib.CompileCounter()

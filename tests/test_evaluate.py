@@ -43,11 +43,11 @@ def test_mc_items_accept_list_dict_and_column_options(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"language": "de", "question": "x", "options": ["a", "b"], "answer": "C"}, "row 0: field 'answer'"),
-    ({"language": "de", "question": "x", "options": ["a", "b"], "answer": 5}, "row 0: field 'answer' index 5"),
-    ({"language": "de", "question": "x", "answer": "A"}, "row 0: no options"),
-    ({"language": "klingon", "question": "x", "options": ["a", "b"], "answer": "A"}, "row 0 field 'language'"),
-    ({"question": "x", "options": ["a", "b"], "answer": "A"}, "row 0: field 'language' is missing$"),
+    ({"language": "de", "question": "x", "options": ["a", "b"], "answer": "C"}, "line 1: field 'answer'"),
+    ({"language": "de", "question": "x", "options": ["a", "b"], "answer": 5}, "line 1: field 'answer' index 5"),
+    ({"language": "de", "question": "x", "answer": "A"}, "line 1: no options"),
+    ({"language": "klingon", "question": "x", "options": ["a", "b"], "answer": "A"}, "line 1 field 'language'"),
+    ({"question": "x", "options": ["a", "b"], "answer": "A"}, "line 1: field 'language' is missing$"),
     ({"language": "de", "question": "x", "options": {"a": "1", "A": "2"}, "answer": "A"}, "differ only in case"),
 ])
 def test_mc_items_errors_name_row_and_field(tmp_path, row, message):
@@ -70,11 +70,26 @@ def test_reference_items_and_errors(tmp_path):
     items = tasks.reference_items(str(path), languages=("zh",))
     assert [(it.id, it.language, it.category) for it in items] == [("a", "zh", "food")]
     path.write_text(json.dumps([{"id": "a", "language": "zh", "question": "q", "answer": " "}]))
-    with pytest.raises(ValueError, match="row 0: field 'answer'"):
+    with pytest.raises(ValueError, match="care.json: list index 0: field 'answer'"):
+        tasks.reference_items(str(path))
+    # Rows in other languages are counted; unreadable files and non-object rows name the file.
+    path.write_text(json.dumps([{"id": "a", "language": "zh", "question": "q", "answer": "x"},
+                                {"id": "b", "language": "hi", "question": "q", "answer": "y"},
+                                {"id": "c", "language": "hindi", "question": "q", "answer": "z"}]))
+    skipped = {}
+    assert len(tasks.reference_items(str(path), languages=("zh",), skipped=skipped)) == 1 and skipped == {"hi": 2}
+    path.write_text('[{"id": "a",}]')
+    with pytest.raises(ValueError, match=r"care.json: not valid JSON"):
+        tasks.reference_items(str(path))
+    path.write_text('[["q", "a"]]')
+    with pytest.raises(ValueError, match=r"care.json: list index 0: not an object but list"):
         tasks.reference_items(str(path))
 
 
 def test_math_items_from_mgsm(mgsm_dir):
+    with pytest.raises(ValueError, match=r"config.languages has \['ar'\], which the MGSM directory .* has no "
+                                         r"mgsm_<lang>.tsv for \(it has \['bn', 'de', 'en', "):
+        tasks.math_items("mgsm", ("de", "ar"), str(mgsm_dir))
     items = tasks.math_items("mgsm", ("de", "ja"), str(mgsm_dir), max_items=3)
     assert [it.language for it in items] == ["de"] * 3 + ["ja"] * 3
     assert items[0].numeric_answer == 18.0 and items[3].numeric_answer == 18.0  # parallel first problem
@@ -166,6 +181,25 @@ def test_judge_import_errors(tmp_path):
             {"id": "0", "grade": "A"}, {"id": "1", "grade": "maybe"}]))
     with pytest.raises(ValueError, match="'9' is not among the exported requests"):
         judge.import_grades(tmp_path / "req.jsonl", _write_jsonl(tmp_path / "g.jsonl", [{"id": "9", "grade": "A"}]))
+    with pytest.raises(ValueError, match="line 2: a second grade for id '0'"):
+        judge.import_grades(tmp_path / "req.jsonl", _write_jsonl(tmp_path / "g.jsonl", [
+            {"id": "0", "grade": "A"}, {"id": "0", "grade": "C"}, {"id": "1", "grade": "A"}]))
+    # Two models asked the same id: a grade row must say which model it grades.
+    judge.export_requests([{"model": m, "id": "c1", "language": "zh", "question": "q", "target": "t",
+                            "predicted_answer": "p"} for m in ("base", "lrpo@6")], tmp_path / "req.jsonl")
+    with pytest.raises(ValueError, match=r"line 1: id 'c1' was asked of 2 models \['base', 'lrpo@6'\]"):
+        judge.import_grades(tmp_path / "req.jsonl", _write_jsonl(tmp_path / "g.jsonl", [{"id": "c1", "grade": "A"}]))
+    out = judge.import_grades(tmp_path / "req.jsonl", _write_jsonl(tmp_path / "g.jsonl", [
+        {"model": "base", "id": "c1", "grade": "C"}, {"model": "lrpo@6", "id": "c1", "grade": "A"}]))
+    assert {(r["model"], r["value"]) for r in out if r["metric"] == "accuracy"} == {("base", 0.0), ("lrpo@6", 1.0)}
+
+
+def test_models_with_one_folder_name_get_distinct_labels(tmp_path):
+    """Every warm-start export is WORKDIR/hf: two of them must not share a results column."""
+    paths = [tmp_path / "warmA" / "hf", tmp_path / "warmB" / "hf", tmp_path / "runs" / "demo", tmp_path / "warmA" / "hf"]
+    assert evaluate.unique_labels(paths) == ["warmA/hf", "warmB/hf", "demo", "warmA/hf"]
+    with pytest.raises(ValueError, match=r"--checkpoint runs/demo@best: the part after '@' must be a step number"):
+        evaluate._train_workdir("runs/demo@best")
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -288,3 +322,21 @@ def test_forced_answer_languages_read_like_the_training_data():
     cfg.math.answer_language = "en,klingon"
     with pytest.raises(ValueError, match=r"'klingon' \(config.math.answer_language\)"):
         evaluate.validate(cfg)
+
+
+def test_evaluate_set_up_errors_come_before_any_model_loads(tmp_path, mgsm_dir):
+    """MGSM's languages by default, a URL --out, a CARE file with no row in config.languages and bad
+    prompt settings: each a clear error (or default) before a model is loaded."""
+    assert "ar" not in _eval_cfg(f"mgsm={mgsm_dir}").languages and "ar" in _eval_cfg().languages
+    assert _eval_cfg("langs=de+hi").languages == ("de", "hi")
+    with pytest.raises(ValueError, match=r"--out gs://bucket/eval: URLs"):
+        evaluate.evaluate(_eval_cfg(), out="gs://bucket/eval")
+    care = tmp_path / "care.json"
+    care.write_text(json.dumps([{"id": "a", "language": "hi", "question": "q", "answer": "x"}]))
+    with pytest.raises(ValueError, match=r"reference: no rows of .*care.json are in config.languages \['de', 'ja'\] "
+                                         r"\(the file has \['hi'\]\)"):
+        evaluate.evaluate(_eval_cfg(f"tasks=reference,care={care},langs=de+ja"))
+    with pytest.raises(ValueError, match=r"config.prompt.chat_template='on'"):
+        cfg = _eval_cfg()
+        cfg.prompt.chat_template = "on"
+        evaluate.evaluate(cfg)

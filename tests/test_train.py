@@ -285,5 +285,29 @@ def test_training_a_warm_start_export_needs_its_prompt_mode(tmp_path):
     assert policy_lib.taught_prompt_mode("shipped:gemma3_270m") == ""
     cfg = _smoke()
     cfg.policy.source, cfg.prompt.mode = f"hf:{tmp_path / 'hf'}", "fewshot"
-    with pytest.raises(ValueError, match=r"taught with prompt mode 'tag'.*pass --config.prompt.mode=tag"):
+    with pytest.raises(ValueError, match=r"taught with prompt.mode='tag'.*pass --config.prompt.mode=tag"):
         trainer.train(cfg, str(tmp_path / "run"))
+    # The chat-template setting travels the same way (exports since it was recorded).
+    (tmp_path / "hf" / policy_lib.PROMPT_FILE).write_text('{"mode": "tag", "chat_template": "never"}')
+    cfg.prompt.mode = "tag"
+    with pytest.raises(ValueError, match=r"prompt.chat_template='never'.*pass --config.prompt.chat_template=never"):
+        trainer.train(cfg, str(tmp_path / "run"))
+
+
+def test_evaluate_and_sample_prompt_a_model_as_it_was_trained(tmp_path):
+    """prompt.mode 'auto' and chat_template 'trained' (evaluate/sample defaults) take the model's
+    training settings, the base policy few-shot with 'auto'; explicit values win; bad ones fail early."""
+    import ml_collections
+    from lrpo_jax import policy as policy_lib
+    (tmp_path / policy_lib.PROMPT_FILE).write_text('{"mode": "tag", "chat_template": "never"}')
+    taught = policy_lib.taught_prompt(f"hf:{tmp_path}")
+    assert taught == {"mode": "tag", "chat_template": "never"}
+    assert policy_lib.prompt_settings("auto", "trained", taught["mode"], taught["chat_template"]) == ("tag", "never")
+    assert policy_lib.prompt_settings("system", "always", "tag", "never") == ("system", "always")
+    assert policy_lib.prompt_settings("auto", "trained", "", "") == ("fewshot", "auto")
+    (tmp_path / policy_lib.PROMPT_FILE).write_text('{"mode": "tag"}')  # written before chat_template was
+    assert policy_lib.taught_prompt(f"hf:{tmp_path}") == {"mode": "tag", "chat_template": ""}
+    for bad, msg in (({"mode": "chat", "chat_template": "trained"}, r"config.prompt.mode='chat'; expected auto"),
+                     ({"mode": "auto", "chat_template": "yes"}, r"config.prompt.chat_template='yes'; expected trained")):
+        with pytest.raises(ValueError, match=msg):
+            policy_lib.check_prompt_settings(ml_collections.ConfigDict(bad))

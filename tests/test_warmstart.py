@@ -1,4 +1,5 @@
 """Warm-start SFT: example building, the SFT loss/gradient, exact resume, and the HF export `train` loads."""
+import json
 import pathlib
 
 import jax
@@ -111,7 +112,7 @@ def test_warmstart_exports_a_folder_train_loads(warm_run):
     assert int(out["state"].step) == 3 and np.isfinite(out["loss"])
     hf = workdir / "hf"
     assert (hf / "config.json").exists() and (hf / "model.safetensors").exists()
-    assert (hf / warmstart.PROMPT_FILE).read_text() == '{"mode": "tag"}'
+    assert json.loads((hf / warmstart.PROMPT_FILE).read_text()) == {"mode": "tag", "chat_template": "auto"}
     pol = config_lib.base_config().policy
     pol.source = f"hf:{hf}"
     _, _, params, tok = policy_lib.load_policy(pol)
@@ -130,6 +131,7 @@ def test_warmstart_resume_is_exact(warm_run, tmp_path):
     warmstart.warmstart(cfg, str(tmp_path))
     cfg.total_steps = 3
     resumed = warmstart.warmstart(cfg, str(tmp_path))
+    assert resumed["start_step"] == 1  # from the checkpoint: a fresh deterministic run would also match
     for a, b in zip(jax.tree.leaves(resumed["state"].params), jax.tree.leaves(full["state"].params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

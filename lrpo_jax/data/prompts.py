@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 MODES = ("tag", "system", "fewshot")
+CHAT_TEMPLATES = ("auto", "never", "always")
 
 # code: (instruction, question label, answer label, exemplar question, exemplar answer)
 LANGUAGE_TEXT = {
@@ -128,7 +129,7 @@ class PromptBuilder:
     def __post_init__(self):
         check_languages((), self.mode)
         has = bool(getattr(self.tokenizer, "chat_template", None))
-        if self.chat_template not in ("auto", "never", "always"):
+        if self.chat_template not in CHAT_TEMPLATES:
             raise ValueError(f"prompt.chat_template={self.chat_template!r}; expected auto, never or always")
         if self.chat_template == "always" and not has:
             raise ValueError("prompt.chat_template='always' but the tokenizer has no chat template")

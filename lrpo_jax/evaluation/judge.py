@@ -102,9 +102,19 @@ def import_grades(requests_path: str | pathlib.Path, grades_path: str | pathlib.
         reply = next((row[k] for k in ("grade", "output", "response") if k in row), None)
         if reply is None:
             raise ValueError(f"{where} (id={row['id']!r}): no 'grade', 'output' or 'response' field")
-        k = key(row) if "model" in row else next((w for w in wanted if w[1] == str(row["id"])), ("", str(row["id"])))
+        if "model" in row:
+            k = key(row)
+        else:  # without a model, the id must name one request: with several models it names several
+            matches = [w for w in wanted if w[1] == str(row["id"])]
+            if len(matches) > 1:
+                raise ValueError(f"{where}: id {row['id']!r} was asked of {len(matches)} models "
+                                 f"{sorted(m[0] for m in matches)}: give each grade row its request's 'model'")
+            k = matches[0] if matches else ("", str(row["id"]))
         if k not in wanted:
             raise ValueError(f"{where}: id {row['id']!r} is not among the exported requests")
+        if k in grades:
+            raise ValueError(f"{where}: a second grade for id {row['id']!r}" + (f" (model {k[0]!r})" if k[0] else "")
+                             + ": give each request exactly one")
         grades[k] = parse_grade(reply, f"{where} (id={row['id']!r})")
     missing = [k for k in wanted if k not in grades]
     if missing:

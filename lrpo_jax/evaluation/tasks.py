@@ -35,6 +35,11 @@ def math_items(source: str, languages: Sequence[str], path: str = "", max_items:
     if source == "mgsm":
         if not path:
             raise ValueError("config.math.path must name the MGSM directory (mgsm_<lang>.tsv files)")
+        have = sorted(p.stem[len("mgsm_"):] for p in pathlib.Path(path).glob("mgsm_*.tsv"))
+        absent = [c for c in languages if c not in have]
+        if absent:
+            raise ValueError(f"config.languages has {absent}, which the MGSM directory {path} has no mgsm_<lang>.tsv "
+                             f"for (it has {have}): choose languages from those (configs/evaluate.py:langs=de+fr)")
         rows = sources.mgsm_rows(path, languages)
     elif source == "gsm_symbolic":
         rows = sources.gsm_symbolic_rows(languages, with_regions=False, max_items=max_items)
@@ -52,34 +57,49 @@ def math_items(source: str, languages: Sequence[str], path: str = "", max_items:
     return items
 
 
-def _records(path: str | pathlib.Path) -> list[dict]:
+def _records(path: str | pathlib.Path) -> list[tuple[int, str, dict]]:
+    """(index, where, record): a JSON list's entries by 0-based list index, JSONL rows by 1-based line."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"evaluation file not found: {path}")
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        return json.loads(text)
-    return sources.read_jsonl(path)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        out = [(i, f"{path}: list index {i}", r) for i, r in enumerate(records)]
+    else:
+        rows, lines = sources.read_jsonl_lines(path)
+        out = [(i, f"{path}: line {n}", r) for i, (n, r) in enumerate(zip(lines, rows))]
+    for _, where, r in out:
+        if not isinstance(r, dict):
+            raise ValueError(f"{where}: not an object but {type(r).__name__} {str(r)[:60]!r}")
+    return out
 
 
-def reference_items(path: str, languages: Sequence[str] = (), max_items: int = 0) -> list[Item]:
+def reference_items(path: str, languages: Sequence[str] = (), max_items: int = 0,
+                    skipped: dict | None = None) -> list[Item]:
+    """`skipped` (if given) counts the valid rows left out, by language: not in `languages`."""
     items, seen = [], {}
-    for i, r in enumerate(_records(path)):
-        where = f"{path}: row {i}"
+    for i, where, r in _records(path):
         for key in ("question", "answer"):
             if not str(r.get(key) or "").strip():
                 raise ValueError(f"{where}: field {key!r} is missing or empty")
         lang = _lang(r.get("language"), where)
-        if not _keep(lang, languages, max_items, seen):
+        if not _keep(lang, languages, max_items, seen, skipped):
             continue
         items.append(Item(id=str(r.get("id", f"care-{i}")), language=lang, question=str(r["question"]),
                           answer=str(r["answer"]), category=str(r.get("culture_type") or r.get("category") or "")))
     return items
 
 
-def _keep(lang: str, languages: Sequence[str], max_items: int, seen: dict) -> bool:
-    """Language filter and per-language cap (`seen` counts kept items per language)."""
+def _keep(lang: str, languages: Sequence[str], max_items: int, seen: dict, skipped: dict | None = None) -> bool:
+    """Language filter and per-language cap (`seen` counts kept items per language, `skipped` the
+    rows of other languages)."""
     if languages and lang not in languages:
+        if skipped is not None:
+            skipped[lang] = skipped.get(lang, 0) + 1
         return False
     seen[lang] = seen.get(lang, 0) + 1
     return not max_items or seen[lang] <= max_items
@@ -94,10 +114,11 @@ def _lang(value, where: str) -> str:
     return vocab_lib.normalize_language(value, f"{where} field 'language'")
 
 
-def mc_items(path: str, languages: Sequence[str] = (), max_items: int = 0) -> list[Item]:
+def mc_items(path: str, languages: Sequence[str] = (), max_items: int = 0,
+             skipped: dict | None = None) -> list[Item]:
+    """`skipped` (if given) counts the valid rows left out, by language: not in `languages`."""
     items, seen = [], {}
-    for i, r in enumerate(_records(path)):
-        where = f"{path}: row {i}"
+    for i, where, r in _records(path):
         if not str(r.get("question") or "").strip():
             raise ValueError(f"{where}: field 'question' is missing or empty")
         opts = r.get("options")
@@ -129,7 +150,7 @@ def mc_items(path: str, languages: Sequence[str] = (), max_items: int = 0) -> li
         if not 0 <= gold < len(options):
             raise ValueError(f"{where}: field 'answer' index {gold} is out of range for {len(options)} options")
         lang = _lang(r.get("language"), where)
-        if not _keep(lang, languages, max_items, seen):
+        if not _keep(lang, languages, max_items, seen, skipped):
             continue
         items.append(Item(id=str(r.get("id", f"mc-{i}")), language=lang, question=str(r["question"]),
                           category=str(r.get("subject") or r.get("category") or ""), options=options, gold=gold))
