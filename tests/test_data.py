@@ -97,6 +97,12 @@ def test_care_and_parquet_errors_say_how_rows_are_counted(tmp_path):
             _load_jsonl(path, source="care_json")
         exs, skipped = _load_jsonl(path, source="care_json", skip=True)
         assert [(e.id, e.topic, e.regions) for e in exs] == [("c1", "Regional Knowledge", ("Germany",))]
+    as_list.write_text('[{"id": "c1",}]')
+    with pytest.raises(schema.DataError, match=rf"^{as_list}: not valid JSON"):
+        _load_jsonl(as_list, source="care_json")
+    as_list.write_text(json.dumps([care[0], 42]))
+    with pytest.raises(schema.DataError, match=rf"^{as_list}: list index 1: not an object but int"):
+        _load_jsonl(as_list, source="care_json")
     rows = [_row(id="a"), _row(id="b", ability="Cooking")]
     sources.write_parquet([schema.parse_row(rows[0], 0, **V)], tmp_path / "ok.parquet")
     import pyarrow as pa
@@ -134,10 +140,15 @@ def test_a_topic_list_holds_one_topic():
 
 
 def test_rows_in_unselected_languages_are_counted(tmp_path):
-    rows = [_row(id="a"), _row(id="b", extra_info={"language": "ja"}), _row(id="c", extra_info={"language": "ja"})]
+    """Rows outside data.languages are counted, router arm (ja) or not (th); an unknown one is an error."""
+    rows = [_row(id="a"), _row(id="b", extra_info={"language": "ja"}), _row(id="c", extra_info={"language": "ja"}),
+            _row(id="d", extra_info={"language": "thai"})]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     exs, skipped = _load_jsonl(tmp_path / "d.jsonl", langs=("de",))
-    assert [e.id for e in exs] == ["a"] and skipped == {"language_not_selected": 2}
+    assert [e.id for e in exs] == ["a"] and skipped == {"language_not_selected": 3}
+    (tmp_path / "d.jsonl").write_text(json.dumps(_row(id="e", extra_info={"language": "klingon"})) + "\n")
+    with pytest.raises(schema.DataError, match=r"line 1, field extra_info.language: unknown language 'klingon'"):
+        _load_jsonl(tmp_path / "d.jsonl", langs=("de",))
 
 
 def test_mgsm_files_must_have_equal_line_counts(tmp_path):
@@ -207,8 +218,15 @@ def test_iterator_is_deterministic_and_resumes_exactly():
     c = iterator.PromptIterator(exs, 3, seed=7)
     c.restore(b.state())
     assert [[e.question for e in c.next()] for _ in range(3)] == first[2:]
-    with pytest.raises(ValueError, match="does not match this dataset"):
+    with pytest.raises(ValueError, match="does not match this dataset.*changed since the checkpoint \\(size, digest\\)"):
         iterator.PromptIterator(exs[:9], 3, seed=7).restore(b.state())
+    # Same size and seed, other examples (data edited in place): refused too. States saved before the
+    # digest was recorded still restore.
+    edited, _ = schema.validate_rows([_row(question=f"q{i}" if i != 4 else "edited") for i in range(10)], **V)
+    with pytest.raises(ValueError, match=r"changed since the checkpoint \(digest\)"):
+        iterator.PromptIterator(edited, 3, seed=7).restore(b.state())
+    old_state = {k: v for k, v in b.state().items() if k != "digest"}
+    iterator.PromptIterator(edited, 3, seed=7).restore(old_state)
     with pytest.raises(ValueError, match="exceeds the 10 available"):
         iterator.PromptIterator(exs, 11)
 
@@ -245,6 +263,12 @@ def test_prompt_chat_template_for_instruct_models():
     assert text.endswith("<|im_start|>user\nWie alt ist Anna?<|im_end|>\n<|im_start|>assistant\n")
     tag = prompts.PromptBuilder(tok, mode="tag").text("Q?", "ko")
     assert "You are Qwen" in tag and "Q?\n<|out_lang_ko|><|im_end|>" in tag  # the reference's exact prompt
+    # Llama 3's template writes today's date into the system header unless given date_string: pinned.
+    tok.chat_template = ('{%- if not date_string is defined %}{%- if strftime_now is defined %}{%- set date_string = '
+                         'strftime_now("%d %b %Y") %}{%- else %}{%- set date_string = "26 Jul 2024" %}{%- endif %}'
+                         '{%- endif %}Today Date: {{ date_string }}\n{% for m in messages %}{{ m["content"] }}\n'
+                         '{% endfor %}')
+    assert prompts.PromptBuilder(tok, mode="tag").text("Q?", "ko") == "Today Date: 26 Jul 2024\nQ?\n<|out_lang_ko|>\n"
 
 
 def _question_examples(n=20):

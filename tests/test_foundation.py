@@ -36,3 +36,7 @@ def test_parse_arg():
     assert (c.steps, c.runlocal, c.variant, c.lr) == (5, True, "grpo", 1e-6)
     with pytest.raises(KeyError, match="unknown config argument 'stepz'"):
         config_lib.parse_arg("stepz=1", steps=10)
+    assert config_lib.parse_arg("lr=1", lr=1e-6).lr == 1.0 and isinstance(config_lib.parse_arg("lr=1", lr=1e-6).lr, float)
+    for arg, msg in (("steps=True", "expects a number"), ("steps=2.5", "expects an integer"), ("steps=x", "expects a number")):
+        with pytest.raises(ValueError, match=f"config argument 'steps' {msg}, got"):
+            config_lib.parse_arg(arg, steps=10)

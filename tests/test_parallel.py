@@ -98,3 +98,22 @@ def test_shard_batch_and_divisibility_error():
     cache = parallel.kv_cache_sharding(mesh, num_kv_heads=1)
     assert cache.spec == P(("data", "fsdp"), None, None, None)
     assert parallel.kv_cache_sharding(mesh, num_kv_heads=4).spec == P(("data", "fsdp"), None, "tensor", None)
+
+
+def test_distributed_start_up_is_detected_from_the_launcher(monkeypatch):
+    """Which environments call jax.distributed.initialize (mocked here): a lone process never does."""
+    from unittest import mock
+    for var in ("LRPO_COORDINATOR", "SLURM_NTASKS", "SLURM_PROCID", "LRPO_DISTRIBUTED", "TPU_WORKER_HOSTNAMES"):
+        monkeypatch.delenv(var, raising=False)
+    with mock.patch.object(jax.distributed, "initialize") as init, \
+            mock.patch.object(jax.distributed, "is_initialized", return_value=False, create=True):
+        assert not parallel.maybe_initialize_distributed() and init.call_count == 0
+        monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "t0")  # one host: nothing to join
+        assert not parallel.maybe_initialize_distributed()
+        for var, value in (("LRPO_DISTRIBUTED", "1"), ("TPU_WORKER_HOSTNAMES", "t0,t1")):
+            monkeypatch.setenv(var, value)
+            assert parallel.maybe_initialize_distributed() and init.call_args == mock.call()
+            monkeypatch.delenv(var)
+        monkeypatch.setenv("SLURM_NTASKS", "2")
+        monkeypatch.setenv("SLURM_PROCID", "1")
+        assert parallel.maybe_initialize_distributed() and init.call_count == 3

@@ -99,6 +99,9 @@ def test_exact_resume_after_sigkill(uninterrupted, tmp_path):
     (lambda c: c.router.__setattr__("K_on", 9), r"config.router.K_on=9 must be within \[0, config.rollout.K=4\]"),
     (lambda c: c.rl.__setattr__("micro_batch", 3), r"config.rl.micro_batch=3 must divide the 8 rollouts"),
     (lambda c: c.data.__setattr__("languages", ("de", "sw")), r"config.data.languages \['sw'\] are not router arms"),
+    (lambda c: c.router.__setattr__("languages", ("german", "en", "fr", "ja")),
+     r"config.router.languages has 'german': write ISO 639-1 codes in configs \('de'\)"),
+    (lambda c: c.data.__setattr__("languages", ("de", "klingon")), r"unknown language 'klingon' \(config.data.languages\)"),
     (lambda c: c.rollout.__setattr__("temprature", 0.7), r"unknown config key 'config.rollout.temprature'"),
     (lambda c: c.prompt.__setattr__("mode", "magic"), r"prompt.mode='magic'"),
     # Enumerations and ranges are checked at start-up, not at first use after a sampling pass.

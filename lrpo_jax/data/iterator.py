@@ -5,6 +5,7 @@ construction (no hard-coded group size anywhere in the data path).
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Sequence
 
 import numpy as np
@@ -31,11 +32,23 @@ class PromptIterator:
         self.index += self.batch_size
         return batch
 
+    def digest(self) -> str:
+        """Of the examples' ids and texts in order: another dataset of the same size, or one edited
+        in place, does not resume at a position that meant other examples."""
+        h = hashlib.sha256()
+        for ex in self.examples:
+            h.update(f"{ex.id}\0{ex.language}\0{ex.question}\0{ex.answer}\0".encode("utf-8"))
+        return h.hexdigest()[:16]
+
     def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "size": len(self.examples)}
+        return {"epoch": self.epoch, "index": self.index, "seed": self.seed, "size": len(self.examples),
+                "digest": self.digest()}
 
     def restore(self, state: dict) -> None:
-        if state.get("size", len(self.examples)) != len(self.examples) or state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"data iterator state {state} does not match this dataset "
-                             f"({len(self.examples)} examples, seed {self.seed}): the data or seed changed since the checkpoint")
+        mine = {"size": len(self.examples), "seed": self.seed, "digest": self.digest()}
+        changed = [k for k in mine if k in state and state[k] != mine[k]]  # older states hold no digest
+        if changed:
+            raise ValueError(f"data iterator state {state} does not match this dataset ({len(self.examples)} examples, "
+                             f"seed {self.seed}, digest {mine['digest']}): the data or seed changed since the "
+                             f"checkpoint ({', '.join(changed)}); resume with the same data or use a new --workdir")
         self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -18,6 +18,7 @@ import dataclasses
 from typing import Any
 
 MODES = ("tag", "system", "fewshot")
+LLAMA_DATE = "26 Jul 2024"  # the Llama 3 chat template's own fallback date
 CHAT_TEMPLATES = ("auto", "never", "always")
 
 # code: (instruction, question label, answer label, exemplar question, exemplar answer)
@@ -147,8 +148,10 @@ class PromptBuilder:
 
     def text(self, question: str, target: str) -> str:
         if self.use_chat:
+            # date_string pins Llama 3's "Today Date" header, which would otherwise be today's date: a
+            # prompt must not change with the calendar (resume, processes on hosts in other time zones).
             return self.tokenizer.apply_chat_template(self.messages(question, target), tokenize=False,
-                                                      add_generation_prompt=True)
+                                                      add_generation_prompt=True, date_string=LLAMA_DATE)
         question = question.strip()
         if self.mode == "tag":
             return f"{question}\n<|out_lang_{target}|>\n"

@@ -23,8 +23,10 @@ from lrpo_jax import vocab as vocab_lib
 from lrpo_jax.data import schema
 from lrpo_jax.rewards import verifiable
 
-# A synthetic "home region" per language for sources without region labels (documented as such):
-# it lets the demo exercise the region matrix B with a plausible structure.
+# A synthetic "home region" per language for sources without region labels (documented as such),
+# so their rows carry the reference schema's region field. B learns only from regional topics'
+# rows: the math sources' topic is "Reasoning / Logic", so on them B keeps its initial values (the
+# demo's region heatmaps stay uniform) until data with "Regional Knowledge" rows is used.
 HOME_REGION = {
     "ar": "Arab World", "de": "Germany", "en": "Anglosphere", "es": "Spain", "fr": "France",
     "id": "Southeast Asia", "it": "Italy", "ja": "Japan", "ko": "South Korea", "nl": "Europe",
@@ -176,13 +178,19 @@ def care_rows(path: str | pathlib.Path, topic_map: dict | None = None,
     path = pathlib.Path(path)
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        records = json.loads(text)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise schema.DataError(f"{path}: not valid JSON ({e})", "row") from None
         where, numbers = f"{path}: list index", list(range(len(records)))
     else:
         records, numbers = read_jsonl_lines(path)
         where = f"{path}: line"
     rows = []
     for i, r in enumerate(records):
+        if not isinstance(r, dict):  # passed on as is: validate_rows names it (or skips it)
+            rows.append(r)
+            continue
         culture = r.get("associated_culture")
         cultures = culture if isinstance(culture, list) else [culture] if culture else []
         rows.append({"id": r.get("id", f"care-{i}"), "question": r.get("question"), "answer": r.get("answer"),
@@ -200,6 +208,8 @@ def load_examples(cfg, *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab, r
     if src == "gsm_symbolic":
         rows = gsm_symbolic_rows(wanted, max_items=cfg.get("max_items", 0))
     elif src == "mgsm":
+        if not cfg.path:
+            raise ValueError("config.data.path is required for data.source='mgsm' (the folder of mgsm_<lang>.tsv)")
         rows = mgsm_rows(cfg.path, wanted)
     elif src in ("parquet", "jsonl", "care_json"):
         if not cfg.path:
@@ -213,6 +223,10 @@ def load_examples(cfg, *, languages: vocab_lib.Vocab, topics: vocab_lib.Vocab, r
             rows, where = read_parquet(cfg.path), f"{cfg.path}: row index"
     else:
         raise ValueError(f"unknown config.data.source {src!r}; expected gsm_symbolic, mgsm, parquet, jsonl or care_json")
+    if wanted and src in ("parquet", "jsonl", "care_json"):
+        # Rows in any known language parse; those outside data.languages are counted below, whether or
+        # not they are router arms (a Thai row in a German-only run is not an error).
+        languages = vocab_lib.language_vocab(tuple(vocab_lib.LANGUAGE_NAMES))
     examples, skipped = schema.validate_rows(rows, languages=languages, topics=topics, regions=regions,
                                              skip_bad_rows=cfg.get("skip_bad_rows", False),
                                              where=where, numbers=numbers)
