@@ -23,9 +23,10 @@ CONFIGS = {
         hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
         vocab_size=160, max_position_embeddings=16384, rope_parameters=LLAMA3_ROPE, tie_word_embeddings=True),
     # 7 layers: local x5, global, local; window 4 < sequence length so the window matters.
+    # head_dim 24 != hidden / heads and query_pre_attn_scalar 20 != head_dim: mix-ups show.
     "gemma3": lambda: transformers.Gemma3TextConfig(
-        hidden_size=64, num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        intermediate_size=96, vocab_size=160, sliding_window=4, query_pre_attn_scalar=16),
+        hidden_size=64, num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+        intermediate_size=96, vocab_size=160, sliding_window=4, query_pre_attn_scalar=20),
 }
 HF_CLASSES = {"qwen2": transformers.Qwen2ForCausalLM, "llama": transformers.LlamaForCausalLM,
               "gemma3": transformers.Gemma3ForCausalLM}
@@ -38,9 +39,9 @@ def pair(request, tmp_path_factory):
     hf_cfg = CONFIGS[request.param]()
     hf_cfg._attn_implementation = "eager"
     model = HF_CLASSES[request.param](hf_cfg).eval()
-    with torch.no_grad():  # non-trivial norm weights, so (1 + w) vs w mistakes show
+    with torch.no_grad():  # non-trivial norm weights, so (1 + w) vs w mistakes show; HF starts biases at 0
         for name, p in model.named_parameters():
-            if "norm" in name:
+            if "norm" in name or name.endswith("bias"):
                 p.add_(torch.randn_like(p) * 0.2)
     folder = tmp_path_factory.mktemp(request.param)
     model.save_pretrained(folder)
@@ -71,6 +72,19 @@ def test_logits_match_transformers_on_left_padded_batch(pair):
     assert cache is None and ours.dtype == jnp.float32
     err = np.abs(np.asarray(ours) - _hf_logits(model, tokens, mask, pos))[mask.astype(bool)].max()
     assert err <= 1e-4, (family, err)
+
+
+@pytest.mark.parametrize("pair", ["llama"], indirect=True)
+def test_llama3_rope_scaling_matches_transformers_at_long_distances(pair):
+    """Tokens thousands of positions apart (position ids 0, 1000, 2000, ...), where Llama 3's scaling
+    changes the low-frequency bands: RoPE sees only distances, so 12 neighbouring positions pass with
+    the scaling left out."""
+    family, model, _, cfg, graphdef, params = pair
+    tokens, _, _ = _batch(cfg.vocab_size, seed=2)
+    mask = np.ones_like(tokens)
+    pos = np.broadcast_to(np.arange(tokens.shape[1]) * 1000, tokens.shape).copy()
+    ours = nnx.merge(graphdef, params)(jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(mask))[0]
+    np.testing.assert_allclose(np.asarray(ours), _hf_logits(model, tokens, mask, pos), atol=2e-4, rtol=1e-4)
 
 
 def test_right_padding_matches_too(pair):
@@ -252,3 +266,50 @@ def test_multimodal_gemma3_checkpoint_layouts_load_the_text_weights(pair, tmp_pa
         assert cfg2 == cfg
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("family, change, message", [
+    ("llama", {"hidden_act": "gelu"}, r"\{'hidden_act': 'gelu'\} is not supported"),
+    ("qwen2", {"hidden_act": "relu"}, r"\{'hidden_act': 'relu'\} is not supported"),
+    ("gemma3", {"hidden_activation": "gelu"}, r"\{'hidden_activation': 'gelu'\} is not supported"),
+    ("gemma3", {"use_bidirectional_attention": True}, r"\{'use_bidirectional_attention': True\}"),
+    ("llama", {"attention_bias": True}, r"\{'attention_bias': True\} is not supported"),
+    ("llama", {"mlp_bias": True}, r"\{'mlp_bias': True\} is not supported"),
+    ("gemma3", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                    "sliding_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e4}}},
+     r"RoPE scaling on the sliding-window layers .* is not supported"),
+])
+def test_architecture_switches_we_do_not_implement_are_refused(family, change, message):
+    """Each of these computed something else without a word (up to 4 logits off against HF)."""
+    d = {**CONFIGS[family]().to_dict(), **change}
+    with pytest.raises(ValueError, match=message):
+        D.DecoderConfig.from_hf(d)
+
+
+def test_keys_a_gemma3_config_omits_take_transformers_defaults():
+    """A gemma3_text config.json without rope_theta / head_dim / query_pre_attn_scalar loads as HF loads
+    it (1e6, 256, 256), not with generic defaults (1e4, hidden / heads, head_dim)."""
+    sparse = {"model_type": "gemma3_text", "hidden_size": 640, "intermediate_size": 2048, "num_hidden_layers": 6,
+              "num_attention_heads": 4, "num_key_value_heads": 1, "vocab_size": 1000}
+    cfg = D.DecoderConfig.from_hf(sparse)
+    hf = transformers.Gemma3TextConfig(**{k: v for k, v in sparse.items() if k != "model_type"})
+    assert (cfg.rope_theta, cfg.head_dim, cfg.query_pre_attn_scalar) == (1e6, hf.head_dim, hf.query_pre_attn_scalar)
+    assert cfg.head_dim == 256 and cfg.local_rope_theta == 1e4
+
+
+def test_gguf_rope_scaling_and_query_scalar_are_converted():
+    """llama.cpp stores linear RoPE scaling as {arch}.rope.scaling.type/factor (gemma-3-4b and up); Gemma 3
+    27B (62 layers) scales queries by hidden / heads, the others by head_dim."""
+    from lrpo_jax.models import gguf_convert
+    meta = {"general.architecture": "gemma3", "gemma3.attention.head_count": 8, "gemma3.embedding_length": 2560,
+            "gemma3.feed_forward_length": 10240, "gemma3.block_count": 34, "gemma3.attention.layer_norm_rms_epsilon": 1e-6,
+            "gemma3.context_length": 131072, "gemma3.attention.key_length": 256, "gemma3.rope.freq_base": 1e6,
+            "gemma3.attention.sliding_window": 1024, "gemma3.rope.scaling.type": "linear",
+            "gemma3.rope.scaling.factor": 8.0, "gemma3.vocab_size": 262208}
+    cfg = D.DecoderConfig.from_hf(gguf_convert.hf_config(meta))
+    assert dict(cfg.rope_scaling) == {"rope_type": "linear", "factor": 8.0} and cfg.query_pre_attn_scalar == 256
+    big = {**meta, "gemma3.block_count": 62, "gemma3.embedding_length": 5376, "gemma3.attention.head_count": 32,
+           "gemma3.attention.key_length": 128}
+    assert gguf_convert.hf_config(big)["query_pre_attn_scalar"] == 168
+    with pytest.raises(gguf_convert.GGUFConversionError, match=r"gemma3.rope.scaling.type='yarn' is not converted"):
+        gguf_convert.hf_config({**meta, "gemma3.rope.scaling.type": "yarn"})

@@ -35,6 +35,16 @@ def test_matches_transformers_warpers(t, k, p):
     np.testing.assert_allclose(ours[finite], want[finite], rtol=1e-6)
 
 
+def test_top_p_after_top_k_counts_the_ties_top_k_kept():
+    """Top-k keeps every token tied with the k-th score (as HF does); top-p must then weigh all of them:
+    [5, 3, 3, 3, 0, -1] at k=2, p=0.75 keeps 5 and the 3s (HF keeps 5 and one 3, its sort's pick among
+    ties), never 5 alone (the mass of exactly k entries puts 5 at 0.88 > p)."""
+    logits = jnp.asarray([[5.0, 3.0, 3.0, 3.0, 0.0, -1.0]])
+    kept = np.isfinite(np.asarray(process_logits(logits, SamplingParams.make(1, 1.0, 2, 0.75))))[0]
+    assert kept.tolist() == [True, True, True, True, False, False]
+    assert np.isfinite(_hf(np.asarray(logits), 1.0, 2, 0.75))[0].sum() == 2
+
+
 def test_per_row_settings_in_one_call():
     rng = np.random.default_rng(1)
     logits = (rng.normal(size=(3, 40)) * 2).astype(np.float32)

@@ -25,6 +25,22 @@ def test_llama3_scaling_bands():
     np.testing.assert_allclose(scaled[mid], (1 - sm) * base[mid] / 32 + sm * base[mid], rtol=1e-5)
 
 
+def test_scaled_frequencies_match_transformers():
+    """Against transformers' own RoPE initialisers (the numpy statement above could share a misreading)."""
+    import pytest
+    transformers = pytest.importorskip("transformers")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    for params, head_dim in (({"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 8192, "rope_theta": 500000.0}, 64),
+                             ({"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6}, 128)):
+        cfg = transformers.LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, max_position_embeddings=131072,
+                                       rope_parameters=params)
+        want, _ = ROPE_INIT_FUNCTIONS[params["rope_type"]](cfg, "cpu")
+        ours = rope.inverse_frequencies(head_dim, params["rope_theta"],
+                                        {k: v for k, v in params.items() if k != "rope_theta"})
+        np.testing.assert_allclose(ours, want.numpy(), rtol=2e-6)
+
+
 def test_apply_rope_matches_rotation_definition():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 5, 3, 8)).astype(np.float32)

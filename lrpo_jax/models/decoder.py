@@ -68,6 +68,7 @@ class DecoderConfig:
     sliding_window: int | None = None
     layer_types: tuple[str, ...] = ()
     query_pre_attn_scalar: float | None = None
+    max_position_embeddings: int | None = None  # carried to exports (the model's own context length)
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
@@ -112,21 +113,36 @@ class DecoderConfig:
             if "text_config" not in config:
                 raise ValueError("gemma3 config.json has no text_config")
             # Multimodal checkpoints list only what differs from Gemma3TextConfig's defaults (gemma-3-4b-it
-            # omits the heads, vocabulary and RoPE bases): transformers' own config class fills the rest,
-            # as HF does when it loads the checkpoint. Token ids the text part lacks come from the top level.
-            from transformers import Gemma3TextConfig
-            given = config["text_config"]
-            text = Gemma3TextConfig(**{k: v for k, v in given.items() if k != "model_type"}).to_dict()
+            # omits the heads, vocabulary and RoPE bases: filled below). Token ids the text part lacks
+            # come from the top level.
+            text = dict(config["text_config"])
             for key in ("eos_token_id", "bos_token_id", "pad_token_id", "tie_word_embeddings"):
-                if key not in given and key in config:
+                if key not in text and key in config:
                     text[key] = config[key]
             config = {**text, "model_type": "gemma3_text"}
             kind = "gemma3_text"
         family = {"qwen2": "qwen2", "llama": "llama", "gemma3_text": "gemma3"}.get(kind)
         if family is None:
             raise ValueError(f"unsupported model_type {kind!r}; supported: qwen2, llama, gemma3_text, gemma3")
+        # Keys a config.json omits take transformers' defaults, as HF fills them when it loads the
+        # checkpoint (Gemma 3: rope_theta 1e6, head_dim 256, query_pre_attn_scalar 256; Qwen2: untied).
+        import transformers
+        hf_class = getattr(transformers, {"qwen2": "Qwen2Config", "llama": "LlamaConfig",
+                                          "gemma3": "Gemma3TextConfig"}[family])
+        config = {**hf_class(**{k: v for k, v in config.items() if k != "model_type"}).to_dict(), "model_type": kind}
         if config.get("attn_logit_softcapping") or config.get("final_logit_softcapping"):
             raise ValueError("logit soft-capping (Gemma 2) is not supported")
+        # Architecture switches this decoder does not implement: refused, never computed differently.
+        act_key, act = ("hidden_activation", "gelu_pytorch_tanh") if family == "gemma3" else ("hidden_act", "silu")
+        unsupported = {act_key: (config.get(act_key) or act, act), "use_bidirectional_attention": (
+            bool(config.get("use_bidirectional_attention")), False)}
+        if family == "llama":
+            unsupported.update(attention_bias=(bool(config.get("attention_bias")), False),
+                               mlp_bias=(bool(config.get("mlp_bias")), False))
+        bad = {k: got for k, (got, want) in unsupported.items() if got != want}
+        if bad:
+            raise ValueError(f"{kind} config {bad} is not supported by this decoder (supported: "
+                             f"{ {k: want for k, (_, want) in unsupported.items()} })")
         heads = config["num_attention_heads"]
         head_dim = config.get("head_dim") or config["hidden_size"] // heads
         n = config["num_hidden_layers"]
@@ -141,6 +157,9 @@ class DecoderConfig:
             scaling = None
         local_theta, window, types = None, None, ()
         if family == "gemma3":
+            if local_rp.get("rope_type", "default") != "default":
+                raise ValueError(f"gemma3 RoPE scaling on the sliding-window layers ({local_rp}) is not supported; "
+                                 f"only the global layers' rope_parameters may scale")
             local_theta = local_rp.get("rope_theta", config.get("rope_local_base_freq", 10000.0))
             window = config.get("sliding_window")
             hf_types = config.get("layer_types")
@@ -168,6 +187,7 @@ class DecoderConfig:
             tie_embeddings=config.get("tie_word_embeddings", family == "gemma3"),  # transformers' defaults
             sliding_window=window, layer_types=types,
             query_pre_attn_scalar=config.get("query_pre_attn_scalar") if family == "gemma3" else None,
+            max_position_embeddings=config.get("max_position_embeddings"),
             bos_token_id=config.get("bos_token_id"), eos_token_ids=eos,
             pad_token_id=pad,
         )

@@ -57,23 +57,31 @@ def hf_config(meta: dict) -> dict:
         bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), eos_token_id=meta.get("tokenizer.ggml.eos_token_id"),
         pad_token_id=meta.get("tokenizer.ggml.padding_token_id"), torch_dtype="float32",
     )
+    # RoPE scaling of the (global) layers: llama.cpp writes {arch}.rope.scaling.type / .factor (linear
+    # for gemma-3-4b and up); other types it writes are not converted.
+    kind = str(get("rope.scaling.type", "none"))
+    if kind not in ("none", "linear"):
+        raise GGUFConversionError(f"{arch}.rope.scaling.type={kind!r} is not converted (only linear or none)")
+    scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))} if kind == "linear" else \
+        {"rope_type": "default"}
     if arch == "gemma3":
         head_dim = int(get("attention.key_length"))
         n = common["num_hidden_layers"]
-        # Not stored in the GGUF: Gemma 3's fixed 5:1 local/global pattern, local rope theta 10k and
-        # query_pre_attn_scalar 256 (the values of every Gemma 3 text checkpoint up to 4b).
+        # Not stored in the GGUF: Gemma 3's fixed 5:1 local/global pattern, local rope theta 10k, and
+        # query_pre_attn_scalar: head_dim, except 27B's hidden / heads (its 62 layers identify it).
         layer_types = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)]
+        scalar = common["hidden_size"] // heads if n == 62 else head_dim
         return {**common, "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "head_dim": head_dim,
-                "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": float(get("rope.freq_base"))},
+                "rope_parameters": {"full_attention": {**scaling, "rope_theta": float(get("rope.freq_base"))},
                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
                 "sliding_window": int(get("attention.sliding_window")), "layer_types": layer_types,
-                "query_pre_attn_scalar": 256, "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
+                "query_pre_attn_scalar": scalar, "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": True,
                 "final_logit_softcapping": None, "attn_logit_softcapping": None}
     if arch == "llama":
         return {**common, "model_type": "llama", "architectures": ["LlamaForCausalLM"],
                 "head_dim": common["hidden_size"] // heads, "hidden_act": "silu", "attention_bias": False,
                 "mlp_bias": False,
-                "rope_parameters": {"rope_type": "default", "rope_theta": float(get("rope.freq_base", 10000.0))}}
+                "rope_parameters": {**scaling, "rope_theta": float(get("rope.freq_base", 10000.0))}}
     raise GGUFConversionError(f"unsupported GGUF architecture {arch!r} (supported: gemma3, llama)")
 
 

@@ -181,22 +181,27 @@ def load_decoder(folder: str | os.PathLike, **overrides) -> tuple[DecoderConfig,
     return cfg, nnx.from_flat_state(flat)
 
 
-def hf_config_dict(cfg: DecoderConfig) -> dict:
-    """An HF config.json for `cfg` (transformers 5 spelling)."""
+def hf_config_dict(cfg: DecoderConfig, dtype: str | None = None) -> dict:
+    """An HF config.json for `cfg`: transformers 5's `rope_parameters`, plus the older `rope_theta` /
+    `rope_scaling` / `rope_local_base_freq` keys that transformers 4 loaders (and vLLM on them) read."""
+    default_ctx = {"qwen2": 32768, "llama": 131072, "gemma3": 32768}[cfg.family]
     base = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
                 num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                 num_key_value_heads=cfg.num_kv_heads, head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
                 tie_word_embeddings=cfg.tie_embeddings, bos_token_id=cfg.bos_token_id,
                 eos_token_id=list(cfg.eos_token_ids) if len(cfg.eos_token_ids) != 1 else cfg.eos_token_ids[0],
-                pad_token_id=cfg.pad_token_id, torch_dtype=cfg.param_dtype, max_position_embeddings=32768)
+                pad_token_id=cfg.pad_token_id, torch_dtype=dtype or cfg.param_dtype,
+                max_position_embeddings=cfg.max_position_embeddings or default_ctx,
+                rope_theta=cfg.rope_theta, rope_scaling=dict(cfg.rope_scaling) if cfg.rope_scaling else None)
     global_rope = {"rope_type": "default", "rope_theta": cfg.rope_theta, **dict(cfg.rope_scaling or ())}
     if cfg.family == "qwen2":
         return {**base, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "rope_parameters": global_rope,
                 "use_sliding_window": False, "hidden_act": "silu"}
     if cfg.family == "llama":
         return {**base, "model_type": "llama", "architectures": ["LlamaForCausalLM"], "rope_parameters": global_rope,
-                "attention_bias": cfg.qkv_bias, "mlp_bias": False, "hidden_act": "silu", "max_position_embeddings": 131072}
+                "attention_bias": cfg.qkv_bias, "mlp_bias": False, "hidden_act": "silu"}
     return {**base, "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"],
+            "rope_local_base_freq": cfg.local_rope_theta,
             "rope_parameters": {"full_attention": global_rope,
                                 "sliding_attention": {"rope_type": "default", "rope_theta": cfg.local_rope_theta}},
             "sliding_window": cfg.sliding_window, "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
@@ -223,5 +228,5 @@ def save_decoder(folder: str | os.PathLike, cfg: DecoderConfig, params: nnx.Stat
     if flat:
         raise WeightImportError(f"no HF name for parameters: {sorted(flat)}")
     save_file(out, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(hf_config_dict(cfg), indent=2))
+    (folder / "config.json").write_text(json.dumps(hf_config_dict(cfg, dtype), indent=2))
     return folder
