@@ -340,6 +340,10 @@ def validate(ecfg) -> None:
         raise ValueError("config.tasks includes 'reference' but config.reference.path is empty")
     if "mc" in ecfg.tasks and not ecfg.mc.path:
         raise ValueError("config.tasks includes 'mc' but config.mc.path is empty")
+    for task, arg in (("reference", "care"), ("mc", "mc")):  # a file given for a task that will not run
+        if ecfg[task].path and task not in ecfg.tasks:
+            raise ValueError(f"config.{task}.path is set but config.tasks={tuple(ecfg.tasks)} lacks {task!r}: add it "
+                             f"(configs/evaluate.py:tasks=math+{task},{arg}=...)")
     if ecfg.batch_size <= 0:
         raise ValueError(f"config.batch_size={ecfg.batch_size} must be positive")
     from lrpo_jax import policy as policy_lib

@@ -22,6 +22,8 @@ import numpy as np
 
 
 def load_questions(cfg, prompts=(), prompts_file=None) -> list[dict]:
+    if prompts and prompts_file:
+        raise ValueError("give questions with --prompt or with --prompts_file, not both")
     if prompts:
         return [{"question": p, "language": None} for p in prompts]
     if prompts_file:

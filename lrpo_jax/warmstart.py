@@ -30,6 +30,7 @@ import optax
 from lrpo_jax import checkpoint, compile_cache, metrics as metrics_lib, parallel, policy as policy_lib
 from lrpo_jax.data import prompts as prompts_lib
 from lrpo_jax.data import sources
+from lrpo_jax.models import shipped
 from lrpo_jax.sampling import buckets
 
 PROMPT_FILE = policy_lib.PROMPT_FILE  # written beside an export: the prompt mode the policy was taught
@@ -252,7 +253,8 @@ def warmstart(cfg, workdir: str) -> dict:
     done = int(state.step) >= cfg.total_steps
     hf_dir = workdir / "hf"
     if done and lead:
-        export(hf_dir, dcfg, state.params, tokenizer, cfg.prompt.mode, cfg.prompt.chat_template)
+        export(hf_dir, dcfg, state.params, tokenizer, cfg.prompt.mode, cfg.prompt.chat_template,
+               base=shipped.resolve(cfg.policy.source, require_config=False))
         print(f"warm-start finished at step {int(state.step)} (loss {loss:.3f}); policy exported to {hf_dir}\n"
               f"  train on it:    python -m lrpo_jax.train --config configs/demo.py --config.policy.source=hf:{hf_dir} "
               f"--config.prompt.mode={cfg.prompt.mode} --workdir runs/demo_warm\n"
@@ -261,13 +263,17 @@ def warmstart(cfg, workdir: str) -> dict:
     return {"state": state, "loss": loss, "hf_dir": str(hf_dir), "examples": len(examples), "start_step": start}
 
 
-def export(folder: pathlib.Path, dcfg, params, tokenizer, prompt_mode: str, chat_template: str = "auto") -> pathlib.Path:
-    """HF folder (config.json, model.safetensors, tokenizer files) + the prompt it was taught with."""
+def export(folder: pathlib.Path, dcfg, params, tokenizer, prompt_mode: str, chat_template: str = "auto",
+           base: pathlib.Path | None = None) -> pathlib.Path:
+    """HF folder (config.json, model.safetensors, tokenizer files) + the prompt it was taught with, and
+    the base model's generation_config.json (its sampling defaults and EOS list) if it has one."""
     from lrpo_jax.models import hf_import
     tmp = folder.with_name(folder.name + ".tmp")
     hf_import.save_decoder(tmp, dcfg, jax.device_get(params))
     tokenizer.save_pretrained(str(tmp))
     (tmp / PROMPT_FILE).write_text(json.dumps({"mode": prompt_mode, "chat_template": chat_template}))
+    if base is not None and (base / "generation_config.json").is_file():
+        (tmp / "generation_config.json").write_text((base / "generation_config.json").read_text())
     if folder.exists():
         import shutil
         shutil.rmtree(folder)

@@ -336,6 +336,8 @@ def test_evaluate_set_up_errors_come_before_any_model_loads(tmp_path, mgsm_dir):
     with pytest.raises(ValueError, match=r"reference: no rows of .*care.json are in config.languages \['de', 'ja'\] "
                                          r"\(the file has \['hi'\]\)"):
         evaluate.evaluate(_eval_cfg(f"tasks=reference,care={care},langs=de+ja"))
+    with pytest.raises(ValueError, match=r"config.reference.path is set but config.tasks=\('math',\) lacks 'reference'"):
+        evaluate.evaluate(_eval_cfg(f"care={care}"))
     with pytest.raises(ValueError, match=r"config.prompt.chat_template='on'"):
         cfg = _eval_cfg()
         cfg.prompt.chat_template = "on"

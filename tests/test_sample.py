@@ -40,6 +40,11 @@ def test_prompts_file_errors_name_the_row(tmp_path):
         sample.load_questions(cfg, prompts_file=str(bad))
 
 
+def test_prompt_and_prompts_file_together_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="--prompt or with --prompts_file, not both"):
+        sample.load_questions(_cfg(), prompts=("Q?",), prompts_file=str(tmp_path / "q.jsonl"))
+
+
 def test_kv_cache_formula():
     class C:
         num_layers, num_kv_heads, head_dim = 18, 1, 256  # Gemma-3-270M

@@ -113,12 +113,20 @@ def test_warmstart_exports_a_folder_train_loads(warm_run):
     hf = workdir / "hf"
     assert (hf / "config.json").exists() and (hf / "model.safetensors").exists()
     assert json.loads((hf / warmstart.PROMPT_FILE).read_text()) == {"mode": "tag", "chat_template": "auto"}
+    assert not (hf / "generation_config.json").exists()  # its base (a tokenizer folder) has none
     pol = config_lib.base_config().policy
     pol.source = f"hf:{hf}"
     _, _, params, tok = policy_lib.load_policy(pol)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(out["state"].params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert len(tok) > 150000  # the policy's tokenizer travels with it
+    # A base with a generation_config.json (sampling defaults, EOS list) passes it on to the export.
+    base = workdir / "base"
+    base.mkdir()
+    (base / "generation_config.json").write_text('{"eos_token_id": [151645, 151643], "top_k": 20}')
+    dcfg = decoder_lib.DecoderConfig.from_hf(hf)
+    again = warmstart.export(workdir / "hf2", dcfg, params, tok, "tag", base=base)
+    assert (again / "generation_config.json").read_text() == (base / "generation_config.json").read_text()
     rows = (workdir / "tensorboard" / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3 and '"sft/loss"' in rows[0]
 
