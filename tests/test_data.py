@@ -180,6 +180,15 @@ def test_gsm_symbolic_items_are_parallel():
         sources.gsm_symbolic_rows(["xx"])
 
 
+def test_gsm_symbolic_items_with_unfilled_placeholders_are_left_out_and_named(caplog):
+    """Two of the wheel's templates keep "{item1}"-style placeholders in their text: a prompt that says
+    "3 {item1}e" teaches nothing. They are left out, named in a warning, and max_items still counts."""
+    rows = sources.gsm_symbolic_rows(["de", "ko"])
+    assert not [r["id"] for r in rows if sources._PLACEHOLDER.search(r["question"] + r["answer"])]
+    assert "gsm-de-799" in caplog.text and "gsm-ko-788" in caplog.text
+    assert len(sources.gsm_symbolic_rows(["de"], max_items=100)) == len([r for r in rows if r["language"] == "de"])
+
+
 
 @pytest.mark.slow
 def test_gsm_symbolic_language_listing_matches_the_library():

