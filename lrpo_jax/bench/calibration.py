@@ -9,8 +9,8 @@ Lines (stdout, JSON):
                               calibrated_bert_hard_fuse_quan.py
   calibration/mean_65536      samples/s: mean-shift calibration vs the reference's per-sample loop
 Both sides read the same table (built from synthetic similarity samples with a per-pair offset) and
-the same inputs; the max abs difference between the two outputs is printed on stderr (and must be
-~1e-7: same formula, fp32 vs Python floats).
+the same inputs; the max abs difference between the two outputs is printed on stderr (a few 1e-6 at
+most: same formula, fp32 vs Python floats).
 """
 from __future__ import annotations
 

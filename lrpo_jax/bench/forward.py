@@ -10,7 +10,7 @@ path: [B, T, V] logits never exist), `jax.value_and_grad` under `jax.jit`, gradi
 over micro-batches of `--micro_batch` rows with `lax.scan` (the trainer's `rl.micro_batch`; on CPU
 512-token chunks keep activations in cache); the logits are kept for the backward pass as in
 configs/demo.py (`rl.logits_remat=False`; `--logits_remat 1` recomputes them, the memory-safe default). Peer: Gemma3ForCausalLM on the same HF folder (eager
-attention, as transformers recommends for Gemma 3), log_softmax over the full logits, `.backward()`,
+attention; SDPA is not timed here), log_softmax over the full logits, `.backward()`,
 timed both whole-batch and with the same micro-batches (gradient accumulation); the faster of the
 two is the peer figure. fp32 on all CPU cores. Context on stderr: compile time, both losses
 (they must agree to ~1e-4), achieved FLOP/s (6 x params x tokens + attention) and the fraction of

