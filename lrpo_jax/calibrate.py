@@ -1,7 +1,7 @@
 """Builds per-language-pair calibration tables from parallel data, offline.
 
     python -m lrpo_jax.calibrate --config configs/calibrate.py --workdir runs/calib
-    python -m lrpo_jax.calibrate --config configs/calibrate.py:source=mgsm,path=../shared/data/mgsm,field=question --workdir W
+    python -m lrpo_jax.calibrate --config configs/calibrate.py:source=mgsm,path=../shared/data/mgsm,field=question,langs=de+en+fr+ja+ru+zh --workdir W
 
 For every ordered (reference language a, response language b) the builder embeds the reference
 answers of parallel items and collects three kinds of similarity samples (the paper's §5.4 recipe;
@@ -209,7 +209,8 @@ def _auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def diagnose(embeddings: dict, languages: Sequence[str], *, seed: int = 0, num_levels: int = 101,
-             same_language: str = "identity", paraphrases: dict | None = None) -> dict:
+             same_language: str = "identity", paraphrases: dict | None = None, mismatches: int = 4,
+             hard_negatives: int = 2) -> dict:
     """Fit on half the items, evaluate on the other half: spread of equivalent means across pairs
     (raw vs mean- vs quantile-calibrated) and per-pair equivalent-vs-mismatched AUC, over the
     cross-language pairs and, with paraphrases, the same-language ones (an identical "equivalent"
@@ -219,7 +220,9 @@ def diagnose(embeddings: dict, languages: Sequence[str], *, seed: int = 0, num_l
     rng = np.random.default_rng(seed)
     fit_ids = set(rng.choice(all_ids, size=len(all_ids) // 2, replace=False).tolist())
     test_ids = set(all_ids) - fit_ids
-    same = dict(same_language=same_language, paraphrases=paraphrases)
+    # The same sample recipe as the saved table (the quantile grid pools all kinds).
+    same = dict(same_language=same_language, paraphrases=paraphrases, mismatches=mismatches,
+                hard_negatives=hard_negatives)
     table = calib_lib.build(tuple(languages), *similarity_samples(embeddings, languages, subset=fit_ids, seed=seed,
                                                                   **same), num_levels=num_levels)
     a, b, kind, sim = similarity_samples(embeddings, languages, subset=test_ids, seed=seed + 1, **same)
@@ -290,6 +293,12 @@ def run(cfg, out: pathlib.Path) -> None:
     from lrpo_jax.models import shipped
     from lrpo_jax.rewards.similarity import SimilarityModel
     langs = tuple(cfg.languages)
+    # Settings checked before anything is embedded or written.
+    if cfg.text_field not in ("answer", "question"):
+        raise ValueError(f"config.text_field={cfg.text_field!r} (configs/calibrate.py:field=...); expected 'answer' "
+                         f"or 'question'")
+    if cfg.same_language not in SAME_LANGUAGE:
+        raise ValueError(f"config.same_language={cfg.same_language!r}; expected one of {SAME_LANGUAGE}")
     v = dict(languages=vocab.language_vocab(langs, "config.languages (configs/calibrate.py:langs=...)"),
              topics=vocab.topic_vocab(), regions=vocab.region_vocab())
     examples, skipped = sources.load_examples(cfg.data, **v)
@@ -321,7 +330,8 @@ def run(cfg, out: pathlib.Path) -> None:
                                                        hard_negatives=cfg.hard_negatives, seed=cfg.seed, **same),
                             num_levels=cfg.num_levels, provenance=prov)
     # The diagnostic before the table: if it fails (too few items), no table is left behind looking usable.
-    report = diagnose(emb, langs, seed=cfg.seed, num_levels=cfg.num_levels, **same)
+    report = diagnose(emb, langs, seed=cfg.seed, num_levels=cfg.num_levels, mismatches=cfg.mismatches,
+                      hard_negatives=cfg.hard_negatives, **same)
     path = calib_lib.save(table, out / calib_lib.TABLE_FILE)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_report(report, table, out / "report.png")
@@ -340,7 +350,11 @@ def main(argv=None):
     config = config_flags.DEFINE_config_file("config", None, "configs/calibrate.py[:args]")
     workdir = flags.DEFINE_string("workdir", None, "output folder (table, embeddings cache, report)")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(lambda _: run(config.value, pathlib.Path(workdir.value)), argv)
+    def go(args):
+        if len(args) > 1:
+            raise app.UsageError(f"unexpected arguments: {args[1:]}")
+        run(config.value, pathlib.Path(workdir.value))
+    app.run(go, argv)
 
 
 if __name__ == "__main__":

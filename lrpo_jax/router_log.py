@@ -7,7 +7,7 @@ JSONL (lrpo_reference.md §1.8), one line per logged step:
 
 softmax = softmax(row / tau) of that single row, effective = (1 - eps) softmax + eps / L. Region
 rows are B alone, as the reference logs them; what a regional prompt from region g actually sees
-(A[t] + B[g]) is in `heatmaps` under "routing/<topic>".
+(A[t] + B[g]) is in `heatmaps` under "router/routing/<topic>".
 
 Timing: the trainer writes a record after the step's jitted update, so at an update step it shows
 the router after its EMA, i.e. what the next step routes with, with the next step's tau/eps (the

@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lrpo_jax import router, router_log
+from lrpo_jax import config_lib, router, router_log
 
 NOISES = ("bernoulli", "gaussian")
 REWARD_MAPS = ("identity", "sim_to_reward")
@@ -191,6 +191,8 @@ def run_scenario(cfg, name: str) -> dict[str, Any]:
     """Builds the world of scenario `name` and simulates it; returns numpy traces and metrics."""
     cfg, scenario = scenario_config(cfg, name)
     router.check_config(cfg.router)  # before the world is built: a bad key fails at once, naming it
+    config_lib.check_ranges(cfg, {"steps": (1, float("inf"), True), "prompts_per_step": (1, float("inf"), True),
+                                  "log_every": (1, float("inf"), True)})
     world = build_world(cfg, scenario)
     spec, r = world.spec, cfg.router
     settings = Settings(steps=cfg.steps, prompts=cfg.prompts_per_step, K=r.K, K_on=r.K_on,

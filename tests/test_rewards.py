@@ -272,6 +272,29 @@ def test_calibrate_cli_without_parallel_items_stops_before_writing(tmp_path):
                                          r"0 of 10 rows have a pair_id"):
         calibrate.run(mod.get_config(f"source=jsonl,path={data},langs=de+ja"), tmp_path / "c3")
     assert not (tmp_path / "c3").exists()
+    # Misspelt settings: named, before anything is embedded or written.
+    for arg, msg in (("field=qestion", r"config.text_field='qestion' \(configs/calibrate.py:field=...\)"),
+                     ("same_language=paraphrases", r"config.same_language='paraphrases'; expected one of")):
+        with pytest.raises(ValueError, match=msg):
+            calibrate.run(mod.get_config(f"source=jsonl,path={data},langs=de+ja,{arg}"), tmp_path / "c4")
+        assert not (tmp_path / "c4").exists()
+
+
+def test_held_out_report_uses_the_tables_sample_recipe(monkeypatch):
+    """The report's fit/test samples use the run's mismatches/hard_negatives (the quantile grid pools
+    every kind), not the defaults."""
+    seen = []
+    real = calibrate.similarity_samples
+
+    def spy(*args, **kw):
+        seen.append((kw.get("mismatches"), kw.get("hard_negatives")))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(calibrate, "similarity_samples", spy)
+    rng = np.random.default_rng(0)
+    emb = {lang: ([f"p{k}" for k in range(40)], rng.normal(size=(40, 8)).astype(np.float32)) for lang in ("de", "en")}
+    calibrate.diagnose(emb, ("de", "en"), mismatches=1, hard_negatives=0, num_levels=11)
+    assert seen == [(1, 0), (1, 0)]
 
 
 @pytest.mark.slow

@@ -88,6 +88,11 @@ def test_world_errors_name_the_cell():
         cfg.router[key] = value
         with pytest.raises(ValueError, match=msg):
             router_sim.run_scenario(cfg, "clean")
+    for key in ("steps", "prompts_per_step", "log_every"):  # used to fail after the run, or give NaN regret
+        cfg = sim_config.get_config("scenarios=clean")
+        cfg[key] = 0
+        with pytest.raises(ValueError, match=rf"config.{key}=0 must be within \[1, inf\]"):
+            router_sim.run_scenario(cfg, "clean")
 
 
 def test_cli_writes_jsonl_metrics_and_plots(tmp_path):
