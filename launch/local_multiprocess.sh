@@ -13,6 +13,8 @@ for ((i = 0; i < NPROC; i++)); do
     "$@" &
   pids+=($!)
 done
+# SIGTERM/SIGINT to this launcher reach every process (each checkpoints and stops, as on a cluster).
+trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
 # One process failing leaves the others blocked in a collective: stop them all at once.
 rc=0
 for ((n = 0; n < NPROC; n++)); do

@@ -56,7 +56,11 @@ class Checkpointer:
         step = self._step_or_latest(step)
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                   extra=ocp.args.JsonRestore())
-        out = self._manager.restore(step, args=args)
+        try:
+            out = self._manager.restore(step, args=args)
+        except Exception as e:  # orbax/TensorStore errors name neither the folder nor the step
+            raise RuntimeError(f"cannot restore checkpoint {self.directory}/{step}: {type(e).__name__}: {e}; "
+                               f"remove that step folder to resume from an earlier one") from e
         return out["state"], dict(out["extra"] or {})
 
     def restore_fields(self, abstract_fields: dict, step: int | None = None) -> dict:

@@ -119,7 +119,8 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int, key: str = "step") ->
         except json.JSONDecodeError:
             if i == len(lines) - 1:  # a crash mid-write left half a last row: it belongs to a lost step
                 return max_step + 1
-            raise
+            raise ValueError(f"{path}: row {i + 1} (of its non-blank lines) is not JSON; only a half-written last "
+                             f"row is dropped") from None
     keep = [line for i, line in enumerate(lines) if step_of(i, line) <= max_step]
     if len(keep) < len(lines):
         tmp = f"{path}.tmp"

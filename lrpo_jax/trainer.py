@@ -8,6 +8,7 @@ together with the data iterator position, so a killed run resumes bit-for-bit.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -153,6 +154,7 @@ def _choices_and_ranges(cfg) -> None:
         "rl.mini_batches": (1, float("inf"), True), "rl.micro_batch": (1, float("inf"), True),
         "rl.kl_coef": (0.0, float("inf"), True), "optim.lr": (0.0, float("inf"), True),
         "reward.similarity_weight": (0.0, float("inf"), True), "reward.answer_weight": (0.0, float("inf"), True),
+        "ckpt.keep": (1, float("inf"), True), "ckpt.every": (0, float("inf"), True),  # keep=0: orbax deletes all
     }
     config_lib.check_ranges(cfg, ranges)
     router_lib.check_config(cfg.router)
@@ -223,9 +225,16 @@ def check_resume_config(workdir: pathlib.Path, cfg, fixed_keys=RESUME_FIXED, rep
     run's. Raises, naming the keys, if a `fixed_keys` setting changed; logs (if `report`) and returns
     the other changes ({key: (old, new)}, e.g. total_steps). {} for a fresh workdir."""
     saved, ckpts = workdir / "config.json", workdir / "checkpoints"
-    if not (saved.exists() and ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
+    if not (ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir())):
         return {}
-    old, new = _flat(json.loads(saved.read_text())), _flat(json.loads(cfg.to_json_best_effort()))
+    if not saved.exists():
+        raise ValueError(f"{workdir} holds checkpoints but no config.json, so nothing says which set-up they "
+                         f"belong to: put its config.json back, or train in a new --workdir")
+    try:
+        old = _flat(json.loads(saved.read_text()))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{saved} is not valid JSON ({e}): put the run's config back, or train in a new --workdir")
+    new = _flat(json.loads(cfg.to_json_best_effort()))
     changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
     fixed = [k for k in changed if any(k == f or k.startswith(f + ".") for f in fixed_keys)
              or (k in RESUME_ON_OFF and bool(changed[k][0]) != bool(changed[k][1]))]
@@ -262,7 +271,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     compiles = metrics_lib.CompileCounter()
     check_resume_config(workdir, cfg, report=lead)
     if lead:  # only after the check: the workdir's config.json must keep describing its checkpoints
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+        write_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2))
     K, K_on, P = cfg.rollout.K, cfg.router.K_on, cfg.data.prompts_per_step
     N = cfg.rollout.max_new_tokens
 
@@ -380,7 +389,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             metrics_lib.truncate_jsonl(workdir / name, start)
 
     # ---------------------------------------------------------------------------------- logging
-    writer = metrics_lib.MetricWriter(workdir / "tensorboard", enabled=lead, restart_step=start + 1 if start else None)
+    # restart_step even from 0: a run that crashed before its first checkpoint left event files too.
+    writer = metrics_lib.MetricWriter(workdir / "tensorboard", enabled=lead, restart_step=start + 1)
     rlog = router_log.RouterLog(workdir / "router.jsonl", spec, max_keys=r.log_max_keys) if lead else None
     timer = metrics_lib.PhaseTimer()
     kill_at = int(os.environ.get("LRPO_TEST_SIGKILL_AT_STEP", "0"))  # exact-resume test hook
@@ -392,7 +402,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     # ---------------------------------------------------------------------------------- loop
     seen_buckets, seen_encoder_programs = set(), 0
     stopped_by = None
-    with checkpoint.StopRequest() as stop:
+    # closing(): a save still in flight completes, and the writer flushes, on an error in a later step
+    # too; inside StopRequest, so a SIGTERM during that last wait cannot kill the process mid-save.
+    with checkpoint.StopRequest() as stop, contextlib.closing(ckpt), contextlib.closing(writer):
         for step in range(start, cfg.total_steps):
             t_step = time.perf_counter()
             batch_examples = data.next()
@@ -491,12 +503,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 if kill_at and step + 1 == kill_at:
                     ckpt.wait()
                     os.kill(os.getpid(), 9)
-            if stopping:
+            if stopping and not done:  # a request during the last step: the run is complete anyway
                 stopped_by = int(stop.signal or signal.SIGTERM)  # another process got it: stop as for SIGTERM
                 logging.warning("stopping at step %d on request; resume with the same command", step + 1)
                 break
-    ckpt.close()
-    writer.close()
     if bar is not None:
         bar.close()
     final = {"step": int(state.step), "total_steps": cfg.total_steps, "stopped_by": stopped_by,
@@ -510,6 +520,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 # ==================================================================================================
 # Helpers.
 # ==================================================================================================
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    """A crash mid-write leaves the old file, never half a new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def same_on_every_process(res):
     """Each process scores every rollout on its own devices; the rewards then go onto the mesh as one
     replicated array, which must hold the same values everywhere. Process 0's numbers are broadcast so
@@ -585,11 +602,16 @@ def step_summary(res, targets, rows, out, m, times, step_time, compiles) -> dict
 def rollout_records(step, K, rows, targets, texts, res, adv) -> list[dict]:
     """One JSON row per rollout: what was asked, where it was routed, how it was judged."""
     c, flat_adv = res.components, adv.reshape(-1)
+
+    def num(x):  # strict JSON: a NaN similarity (an encoder failure) is null, not a bare NaN
+        x = float(x)
+        return x if np.isfinite(x) else None
+
     return [{"step": step, "prompt": i // K, "rollout": i % K, "id": ex.id, "topic": ex.topic,
              "regions": list(ex.regions), "question_language": ex.language, "routed_language": targets[i],
-             "lid_language": res.predicted_language[i], "gate": float(c["gate"][i]),
-             "similarity": float(c["similarity"][i]), "calibrated": float(c["calibrated"][i]),
-             "answer": float(c["answer"][i]), "reward": float(res.reward[i]), "advantage": float(flat_adv[i]),
+             "lid_language": res.predicted_language[i], "gate": num(c["gate"][i]),
+             "similarity": num(c["similarity"][i]), "calibrated": num(c["calibrated"][i]),
+             "answer": num(c["answer"][i]), "reward": num(res.reward[i]), "advantage": num(flat_adv[i]),
              "response": texts[i]} for i, ex in enumerate(rows)]
 
 

@@ -15,6 +15,7 @@ seed and the step) and TensorBoard/JSONL logs. The result is exported as a Huggi
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import pathlib
@@ -163,7 +164,7 @@ def warmstart(cfg, workdir: str) -> dict:
     # Checkpoints of another policy are refused before config.json is rewritten (as in training).
     trainer.check_resume_config(workdir, cfg, fixed_keys=("policy", "prompt.mode"), report=lead)
     if lead:
-        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2))
+        trainer.write_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2))
 
     # ---------------------------------------------------------------------------------- policy
     dcfg, graphdef, params, tokenizer = policy_lib.load_policy(cfg.policy, cfg.seed)
@@ -208,7 +209,7 @@ def warmstart(cfg, workdir: str) -> dict:
     start = int(state.step)
     if lead:
         metrics_lib.truncate_jsonl(workdir / "tensorboard" / "metrics.jsonl", start)
-    writer = metrics_lib.MetricWriter(workdir / "tensorboard", enabled=lead, restart_step=start + 1 if start else None)
+    writer = metrics_lib.MetricWriter(workdir / "tensorboard", enabled=lead, restart_step=start + 1)
     bar = None
     if lead:
         from tqdm import tqdm
@@ -216,7 +217,8 @@ def warmstart(cfg, workdir: str) -> dict:
 
     # ---------------------------------------------------------------------------------- loop
     loss = float("nan")
-    with checkpoint.StopRequest() as stop:
+    # As in training: a save in flight completes on errors and under a late SIGTERM too.
+    with checkpoint.StopRequest() as stop, contextlib.closing(ckpt), contextlib.closing(writer):
         for step in range(start, cfg.total_steps):
             t0 = time.perf_counter()
             idx = order(len(examples), cfg.data.shuffle_seed, step, w.batch_size)
@@ -244,8 +246,6 @@ def warmstart(cfg, workdir: str) -> dict:
             if stop.requested:
                 logging.warning("stopping at step %d on request; resume with the same command", step + 1)
                 break
-    ckpt.close()
-    writer.close()
     if bar is not None:
         bar.close()
 

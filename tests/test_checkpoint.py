@@ -57,6 +57,20 @@ def test_missing_checkpoint_error(tmp_path):
         checkpoint.Checkpointer(tmp_path).restore({"x": jax.ShapeDtypeStruct((1,), jnp.float32)})
 
 
+def test_a_broken_step_folder_is_named_when_it_cannot_restore(tmp_path):
+    """A stray, empty step folder is taken as the latest: the error names it (orbax's says neither the
+    folder nor the step) and how to resume from an earlier one."""
+    mesh = parallel.make_mesh((("data", -1), ("fsdp", 1), ("tensor", 1)))
+    ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
+    ckpt.save(1, _state(mesh), {"a": 1})
+    ckpt.close()
+    (tmp_path / "7").mkdir()
+    ckpt = checkpoint.Checkpointer(tmp_path, async_save=False)
+    with pytest.raises(RuntimeError, match=rf"cannot restore checkpoint {tmp_path}/7: .*remove that step folder"):
+        ckpt.restore(checkpoint.abstract_like(_state(mesh)))
+    ckpt.close()
+
+
 def test_sigkill_during_save_leaves_previous_checkpoint(tmp_path):
     """A process killed while writing step 2 must leave step 1 restorable and step 2 absent."""
     script = textwrap.dedent(f"""

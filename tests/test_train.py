@@ -112,6 +112,7 @@ def test_exact_resume_after_sigkill(uninterrupted, tmp_path):
     (lambda c: c.router.__setattr__("alpha", 0.0), r"config.router.alpha=0.0 must be within \(0.0, 1.0\]"),
     (lambda c: c.router.__setattr__("eps_init", 1.5), r"config.router.eps_init=1.5 must be within"),
     (lambda c: c.rl.__setattr__("clip_c", 0.5), r"config.rl.clip_c=0.5 must be > 1"),
+    (lambda c: c.ckpt.__setattr__("keep", 0), r"config.ckpt.keep=0 must be within \[1, inf\]"),  # orbax kept none
     # values that used to fail late (an empty argmax, a dynamic_update_slice shape, a None .items())
     # or train silently (a negative lr or KL coefficient)
     (lambda c: c.data.__setattr__("prompts_per_step", 0), r"config.data.prompts_per_step=0 must be within \[1, inf\]"),
@@ -252,6 +253,13 @@ def test_resume_refuses_another_set_up_and_reports_other_changes(tmp_path):
     softer = _smoke()
     softer.optim.grad_clip = 0.5
     assert trainer.check_resume_config(tmp_path, softer) == {"optim.grad_clip": (1.0, 0.5)}
+    # Checkpoints whose config.json is gone or half-written: refused, naming the file.
+    (tmp_path / "config.json").write_text('{"seed": ')
+    with pytest.raises(ValueError, match=rf"{tmp_path / 'config.json'} is not valid JSON"):
+        trainer.check_resume_config(tmp_path, cfg)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"holds checkpoints but no config.json"):
+        trainer.check_resume_config(tmp_path, cfg)
 
 
 def test_a_stopped_run_exits_as_killed_by_its_signal():
@@ -314,3 +322,29 @@ def test_evaluate_and_sample_prompt_a_model_as_it_was_trained(tmp_path):
                      ({"mode": "auto", "chat_template": "yes"}, r"config.prompt.chat_template='yes'; expected trained")):
         with pytest.raises(ValueError, match=msg):
             policy_lib.check_prompt_settings(ml_collections.ConfigDict(bad))
+
+
+def test_an_error_in_a_later_step_keeps_the_checkpoint_being_written(tmp_path):
+    """Step 1's checkpoint is saved in the background while step 2 runs; step 2 raising must not end
+    the process before that save completes (it was left as 1.orbax-checkpoint-tmp, and resume fell
+    back to an older step)."""
+    script = (
+        "import sys\n"
+        "from lrpo_jax import config_lib, trainer\n"
+        "from lrpo_jax.data import iterator\n"
+        "calls = []\n"
+        "real = iterator.PromptIterator.next\n"
+        "def next_or_fail(self):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:\n"
+        "        raise RuntimeError('data source failed')\n"
+        "    return real(self)\n"
+        "iterator.PromptIterator.next = next_or_fail\n"
+        f"cfg = config_lib.load_sibling({str(REPO / 'configs' / 'common.py')!r}, 'smoke').get_config('steps=3')\n"
+        "cfg.ckpt.every = 1\n"
+        "trainer.train(cfg, sys.argv[1])\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode != 0 and "data source failed" in proc.stderr, proc.stderr[-2000:]
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert "1" in names and not [n for n in names if "tmp" in n], names
