@@ -84,7 +84,7 @@ def embed_answers(model, items: dict, languages: Sequence[str], cache_dir: pathl
 
     `model_key` names the encoder set-up (encoder, pooling, max length): a cached file made with
     another one, or from other texts under the same ids, is re-embedded, not reused."""
-    if field not in ("answer", "question"):
+    if field not in TEXT_FIELDS:
         raise ValueError(f"text field {field!r}; expected 'answer' or 'question'")
     texts = [getattr(per[lang], field) for per in items.values() for lang in per]
     bare = sum(_is_number(t) for t in texts)
@@ -132,6 +132,7 @@ def _is_number(text: str) -> bool:
 
 
 SAME_LANGUAGE = ("identity", "absent", "paraphrase")
+TEXT_FIELDS = ("answer", "question")
 
 
 def similarity_samples(embeddings: dict, languages: Sequence[str], *, mismatches: int = 4, hard_negatives: int = 2,
@@ -294,7 +295,7 @@ def run(cfg, out: pathlib.Path) -> None:
     from lrpo_jax.rewards.similarity import SimilarityModel
     langs = tuple(cfg.languages)
     # Settings checked before anything is embedded or written.
-    if cfg.text_field not in ("answer", "question"):
+    if cfg.text_field not in TEXT_FIELDS:
         raise ValueError(f"config.text_field={cfg.text_field!r} (configs/calibrate.py:field=...); expected 'answer' "
                          f"or 'question'")
     if cfg.same_language not in SAME_LANGUAGE:

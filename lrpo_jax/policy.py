@@ -62,10 +62,6 @@ def taught_prompt(source: str) -> dict[str, str]:
     return {"mode": saved.get("mode", ""), "chat_template": saved.get("chat_template", "")}
 
 
-def taught_prompt_mode(source: str) -> str:
-    return taught_prompt(source)["mode"]
-
-
 def check_prompt_settings(prompt, where: str = "config.prompt") -> None:
     """evaluate/sample settings, before any model loads: mode 'auto' | a mode, chat_template
     'trained' | a chat-template setting."""

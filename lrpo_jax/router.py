@@ -22,9 +22,8 @@ lrpo_reference.md §1 describes the reference; where we differ on purpose (§7):
   sequence, using the first-seen order tracked in the buffer (ties inside one rollout: region-index
   order; the reference uses the row's list order), in float32, as the reference stores A and B
   (its per-cell means and z-scores are Python floats). Two differences stay: a prompt's "no
-  region" is one cell here, where the reference keeps separate
-  "None" and "[]" cells (two EMA steps for a topic with both), and a region listed twice in one
-  row counts once here, twice there.
+  region" is one cell here, where the reference keeps separate "None" and "[]" cells (two EMA
+  steps for a topic with both), and a region listed twice in one row counts once here, twice there.
 * B is learned only from regional topics' region cells. A regional prompt without a region feeds
   A only; the reference also EMA-updated a B["None"] row that no prompt ever reads.
 * Optional `min_count`: (topic, region, language) cells with fewer rollouts are not learned from

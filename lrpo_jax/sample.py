@@ -107,8 +107,9 @@ def sample(cfg, *, prompts=(), prompts_file=None, checkpoint=None, out=None) -> 
         print(f"--- [{row.get('language') or '?'} -> {tgt}] LID={lang} tokens={int(n)}\n{text.strip()}\n", flush=True)
     tokens = int(result.lengths.sum())
     length = buckets.pick_bucket(max(map(len, ids)), tuple(cfg.prompt_buckets)) + cfg.max_new_tokens
+    cache_bytes = kv_cache_bytes(cand.dcfg, batch, length, jax.numpy.dtype(cand.dcfg.dtype).itemsize)
     stats = {"prompts": len(ids), "generated_tokens": tokens, "first_call_s": round(first, 2),
-             "tokens_per_s": round(tokens / warm, 1), "kv_cache_mb": round(kv_cache_bytes(cand.dcfg, batch, length, jax.numpy.dtype(cand.dcfg.dtype).itemsize) / 2**20, 1),
+             "tokens_per_s": round(tokens / warm, 1), "kv_cache_mb": round(cache_bytes / 2**20, 1),
              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
              "compliance": float(np.mean([r["lid_language"] == r["requested_language"] for r in records]))}
     print(json.dumps(stats), flush=True)

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from lrpo_jax import checkpoint, compile_cache, config_lib, metrics as metrics_lib, parallel, policy as policy_lib
 from lrpo_jax import router as router_lib
@@ -190,8 +189,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int) -> None:
     if rows % max(data_par, 1) or cfg.rl.micro_batch % max(data_par, 1):
         raise ValueError(f"{rows} rollouts per step and config.rl.micro_batch={cfg.rl.micro_batch} must be divisible "
                          f"by the {data_par} data-parallel devices of config.mesh={mesh}")
-    for key in ("router.languages", "data.languages"):  # one spelling everywhere: ids, LID labels, file names
-        for lang in cfg[key.split(".")[0]][key.split(".")[1]]:
+    # One spelling everywhere: ids, LID labels, file names.
+    for key, langs in (("router.languages", cfg.router.languages), ("data.languages", cfg.data.languages)):
+        for lang in langs:
             code = vocab.normalize_language(lang, f"config.{key}")
             if code != lang:
                 raise ValueError(f"config.{key} has {lang!r}: write ISO 639-1 codes in configs ({code!r})")

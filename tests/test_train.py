@@ -292,8 +292,8 @@ def test_training_a_warm_start_export_needs_its_prompt_mode(tmp_path):
     from lrpo_jax import policy as policy_lib
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / policy_lib.PROMPT_FILE).write_text('{"mode": "tag"}')
-    assert policy_lib.taught_prompt_mode(f"hf:{tmp_path / 'hf'}") == "tag"
-    assert policy_lib.taught_prompt_mode("shipped:gemma3_270m") == ""
+    assert policy_lib.taught_prompt(f"hf:{tmp_path / 'hf'}")["mode"] == "tag"
+    assert policy_lib.taught_prompt("shipped:gemma3_270m")["mode"] == ""
     cfg = _smoke()
     cfg.policy.source, cfg.prompt.mode = f"hf:{tmp_path / 'hf'}", "fewshot"
     with pytest.raises(ValueError, match=r"taught with prompt.mode='tag'.*pass --config.prompt.mode=tag"):

@@ -74,6 +74,22 @@ def read_jsonl(path: str | pathlib.Path) -> list[dict]:
     return read_jsonl_lines(path)[0]
 
 
+def read_records(path: str | pathlib.Path) -> tuple[list, str, list[int]]:
+    """A JSON list or a JSONL file -> (records, how errors name one, their numbers): "<path>: list
+    index" with 0-based indices, or "<path>: line" with 1-based lines. Records may be non-objects:
+    the caller names them."""
+    path = pathlib.Path(path)
+    text = path.read_text(encoding="utf-8")
+    if not text.lstrip().startswith("["):
+        records, numbers = read_jsonl_lines(path)
+        return records, f"{path}: line", numbers
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise schema.DataError(f"{path}: not valid JSON ({e})", "row") from None
+    return records, f"{path}: list index", list(range(len(records)))
+
+
 def read_parquet(path: str | pathlib.Path) -> list[dict]:
     import pyarrow.parquet as pq
     return pq.read_table(str(path)).to_pylist()
@@ -188,17 +204,7 @@ def care_rows(path: str | pathlib.Path, topic_map: dict | None = None,
     """CARE-style JSON (a list, or JSONL) -> (rows, how errors name a row, its numbers).
     `culture_type` maps to a topic and `associated_culture` to regions through the given maps
     (identity by default). Rows are named by their 0-based list index, or a JSONL file's 1-based line."""
-    path = pathlib.Path(path)
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise schema.DataError(f"{path}: not valid JSON ({e})", "row") from None
-        where, numbers = f"{path}: list index", list(range(len(records)))
-    else:
-        records, numbers = read_jsonl_lines(path)
-        where = f"{path}: line"
+    records, where, numbers = read_records(path)
     rows = []
     for i, r in enumerate(records):
         if not isinstance(r, dict):  # passed on as is: validate_rows names it (or skips it)

@@ -11,7 +11,6 @@ Problems name the file, row and field.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 from typing import Sequence
 
@@ -59,19 +58,10 @@ def math_items(source: str, languages: Sequence[str], path: str = "", max_items:
 
 def _records(path: str | pathlib.Path) -> list[tuple[int, str, dict]]:
     """(index, where, record): a JSON list's entries by 0-based list index, JSONL rows by 1-based line."""
-    path = pathlib.Path(path)
-    if not path.is_file():
+    if not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"evaluation file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        out = [(i, f"{path}: list index {i}", r) for i, r in enumerate(records)]
-    else:
-        rows, lines = sources.read_jsonl_lines(path)
-        out = [(i, f"{path}: line {n}", r) for i, (n, r) in enumerate(zip(lines, rows))]
+    records, where, numbers = sources.read_records(path)
+    out = [(i, f"{where} {n}", r) for i, (n, r) in enumerate(zip(numbers, records))]
     for _, where, r in out:
         if not isinstance(r, dict):
             raise ValueError(f"{where}: not an object but {type(r).__name__} {str(r)[:60]!r}")

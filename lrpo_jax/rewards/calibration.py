@@ -15,7 +15,6 @@ reported through the returned `missing` mask: never silent.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import os

@@ -56,16 +56,19 @@ class LanguageID:
         if not path.exists():
             raise FileNotFoundError(f"language-ID model not found: {path}")
         self.model = fasttext.load_model(str(path))
-        # All labels the model knows, from one full-width prediction (the predict-only package
-        # has no label listing). Threshold -1: at 0 fastText drops labels below ~1e-5 (8 of 176).
-        everything = self.model.f.predict("a\n", 1000, -1.0, "strict")
-        self.known = {self._code(label) for _, label in everything}
+        # All labels the model knows, from one full ranking (the predict-only package has no listing).
+        self.known = {self._code(label) for _, label in self._ranked("a")}
         missing = [c for c in languages if c not in self.known]
         if missing:
             raise ValueError(f"configured languages {missing} cannot be recognised by the language-ID model {path.name}; "
                              f"remove them from the config or supply a model that knows them")
         self.languages = tuple(languages)
         self.restrict = restrict
+
+    def _ranked(self, text: str) -> list[tuple[float, str]]:
+        """(p, label) for every label, most probable first. Threshold -1: at 0 fastText drops labels
+        below ~1e-5 (8 of lid.176's 176)."""
+        return self.model.f.predict(text + "\n", 1000, -1.0, "strict")
 
     @staticmethod
     def _code(label: str) -> str:
@@ -82,8 +85,8 @@ class LanguageID:
                 reasons.append("empty" if not str(raw).strip() else "no_text")
                 continue
             if self.restrict:
-                p, code = next(((p, c) for p, c in ((p, self._code(lb)) for p, lb in
-                                self.model.f.predict(text + "\n", 1000, -1.0, "strict")) if c in self.languages))
+                p, code = next((p, c) for p, c in ((p, self._code(lb)) for p, lb in self._ranked(text))
+                               if c in self.languages)
             else:
                 (p, label), = self.model.f.predict(text + "\n", 1, 0.0, "strict")
                 code = self._code(label)
@@ -99,7 +102,7 @@ class LanguageID:
             text = normalize(raw)
             if text is None:
                 continue
-            for p, label in self.model.f.predict(text + "\n", 1000, -1.0, "strict"):
+            for p, label in self._ranked(text):
                 if self._code(label) == tgt:
                     out[i] = p
                     break
